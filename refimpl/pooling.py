@@ -1,0 +1,91 @@
+"""Step 6 of the pipeline: token embeddings -> one sentence embedding.
+
+``pool_padded`` mirrors sentence-transformers' ``Pooling._forward_padded`` on a
+padded batch and a mask; ``pool_packed`` computes the same on packed tokens
+with numba kernels. Several modes concatenate in the configured order. With a
+prompt and ``include_prompt=False``, the first ``prompt_length`` tokens
+(the [CLS] and the prompt) are left out, as sentence-transformers does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels
+
+CLAMP = 1e-9  # sentence-transformers clamps the token count before dividing
+
+
+def _prompt_free_mask(attention_mask, prompt_length):
+    mask = attention_mask.copy()
+    mask[:, :prompt_length] = 0  # right padding: every row starts with its [CLS] and prompt
+    return mask
+
+
+def pool_padded(token_embeddings, attention_mask, modes, prompt_length=0):
+    """[B, T, H] and a [B, T] mask -> [B, len(modes) * H], plain NumPy."""
+    original = attention_mask
+    if prompt_length:
+        attention_mask = _prompt_free_mask(attention_mask, prompt_length)
+    dtype = token_embeddings.dtype
+    mask = attention_mask[:, :, None].astype(dtype)  # [B, T] -> [B, T, 1]
+    outputs = []
+    for mode in modes:
+        if mode == "cls":
+            first = attention_mask.argmax(axis=1)  # first unmasked token ([CLS], or the first after the prompt)
+            outputs.append(token_embeddings[np.arange(len(first)), first])
+        elif mode == "max":
+            outputs.append(np.where(mask > 0, token_embeddings, -np.inf).max(axis=1).astype(dtype))
+        elif mode in ("mean", "mean_sqrt_len_tokens"):
+            total = (token_embeddings * mask).sum(axis=1)  # [B, T, H] -> [B, H]
+            count = np.maximum(mask.sum(axis=1), dtype.type(CLAMP))  # [B, 1]
+            outputs.append(total / (count if mode == "mean" else np.sqrt(count)))
+        elif mode == "weightedmean":
+            weights = np.arange(1, token_embeddings.shape[1] + 1, dtype=dtype)[None, :, None] * mask  # position-weighted
+            outputs.append((token_embeddings * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), dtype.type(CLAMP)))
+        elif mode == "lasttoken":
+            last = original.shape[1] - 1 - attention_mask[:, ::-1].argmax(axis=1)
+            none = attention_mask.max(axis=1) == 0
+            picked = (token_embeddings * mask)[np.arange(len(last)), np.where(none, original.shape[1] - 1, last)]
+            outputs.append(picked)
+        else:
+            raise ValueError(f"unknown pooling mode {mode!r}")
+    return np.concatenate(outputs, axis=-1)
+
+
+def pool_packed(x, cu_seqlens, modes, prompt_length=0):
+    """Packed tokens [N, H] with sequence offsets [B + 1] -> [B, len(modes) * H]."""
+    starts, stops = cu_seqlens[:-1], cu_seqlens[1:]
+    kept = np.minimum(starts + prompt_length, stops)  # first token that is pooled
+    nonempty = kept < stops  # a sequence with nothing left to pool gives zeros (max: -inf)
+    B, H = len(starts), x.shape[1]
+    outputs = []
+    for mode in modes:
+        out = np.empty((B, H), x.dtype)
+        if mode == "cls":
+            out[:] = np.where(nonempty[:, None], x[np.where(nonempty, kept, 0)], 0)
+        elif mode == "max":
+            kernels.max_pool_packed(x, kept, stops, out)
+        elif mode in ("mean", "mean_sqrt_len_tokens"):
+            kernels.mean_pool_packed(x, kept, stops, mode == "mean_sqrt_len_tokens", out)
+        elif mode == "weightedmean":
+            lengths = stops - starts
+            positions = np.arange(x.shape[0]) - np.repeat(starts, lengths) + 1  # 1-based position in its sentence
+            weights = np.where(positions > np.repeat(kept - starts, lengths), positions, 0).astype(x.dtype)
+            sums = np.zeros((B, H), x.dtype)
+            np.add.at(sums, np.repeat(np.arange(B), lengths), x * weights[:, None])
+            totals = np.zeros(B, x.dtype)
+            np.add.at(totals, np.repeat(np.arange(B), lengths), weights)
+            out[:] = sums / np.maximum(totals, x.dtype.type(CLAMP))[:, None]
+        elif mode == "lasttoken":
+            out[:] = np.where(nonempty[:, None], x[np.where(nonempty, stops - 1, 0)], 0)
+        else:
+            raise ValueError(f"unknown pooling mode {mode!r}")
+        outputs.append(out)
+    return np.concatenate(outputs, axis=-1) if outputs else np.empty((B, 0), x.dtype)
+
+
+def normalize(x, eps=1e-12):
+    """torch.nn.functional.normalize(p=2): x / max(||x||, eps), row by row."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, x.dtype.type(eps))

@@ -1,0 +1,166 @@
+"""Step 4 of the pipeline: text -> token ids, as sentence-transformers tokenizes.
+
+The Hugging Face ``tokenizers`` library does the work from ``tokenizer.json``
+(or, without one, from ``vocab.txt`` + ``tokenizer_config.json`` as a BERT
+WordPiece tokenizer). refimpl adds what sentence-transformers adds around it:
+lowercasing when ``do_lower_case`` is set (a Lowercase normalizer in front, as
+sentence-transformers 6 installs it), truncation to ``max_seq_length`` counting
+the special tokens, and no padding (the fast path packs sequences instead).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelFileError
+from .files import read_json
+
+
+@dataclass
+class Encoded:
+    """Token ids of a list of texts, unpadded: sequence b is ids[cu_seqlens[b]:cu_seqlens[b + 1]]."""
+
+    input_ids: np.ndarray  # [N] int64, all sequences concatenated
+    token_type_ids: np.ndarray  # [N] int64
+    lengths: np.ndarray  # [B] int64
+    truncated: np.ndarray  # [B] bool: the text had more tokens than max_length
+
+    @property
+    def cu_seqlens(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+
+    def padded(self, pad_id: int):
+        """{input_ids, attention_mask, token_type_ids} as [B, T] arrays, right-padded like a transformers batch."""
+        B, T = len(self.lengths), int(self.lengths.max(initial=0))
+        ids = np.full((B, T), pad_id, np.int64)
+        types = np.zeros((B, T), np.int64)
+        mask = np.zeros((B, T), np.int64)
+        for b, (start, length) in enumerate(zip(self.cu_seqlens[:-1], self.lengths)):
+            ids[b, :length] = self.input_ids[start : start + length]
+            types[b, :length] = self.token_type_ids[start : start + length]
+            mask[b, :length] = 1
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def _lowercases(normalizer: dict | None) -> bool:
+    """Does this normalizer (tokenizer.json form) lowercase already?"""
+    if not normalizer:
+        return False
+    kind = normalizer.get("type")
+    if kind == "Lowercase":
+        return True
+    if kind == "BertNormalizer":
+        return bool(normalizer.get("lowercase"))
+    if kind == "Sequence":
+        return any(_lowercases(n) for n in normalizer.get("normalizers", []))
+    return False
+
+
+def _wordpiece_from_vocab(directory: Path):
+    """A BERT WordPiece tokenizer built from vocab.txt and tokenizer_config.json (no tokenizer.json)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    vocab_file = directory / "vocab.txt"
+    config_file = directory / "tokenizer_config.json"
+    config = read_json(config_file, required=False) or {}
+    if not isinstance(config, dict):
+        raise ModelFileError(config_file, "must be a JSON object")
+    try:
+        lines = vocab_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ModelFileError(vocab_file, f"cannot be read ({error})") from None
+    vocab = {}
+    for token in lines:
+        vocab.setdefault(token, len(vocab))  # BertTokenizer keeps the first id of a repeated line
+    names = {key: config.get(key, default) for key, default in (
+        ("unk_token", "[UNK]"), ("cls_token", "[CLS]"), ("sep_token", "[SEP]"), ("pad_token", "[PAD]"), ("mask_token", "[MASK]"))}
+    for key in ("unk_token", "cls_token", "sep_token"):
+        if names[key] not in vocab:
+            raise ModelFileError(vocab_file, f"has no {key} {names[key]!r} (from {config_file.name} or the BERT default)")
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token=names["unk_token"], max_input_chars_per_word=100))
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+        strip_accents=config.get("strip_accents"),
+        lowercase=config.get("do_lower_case", True),
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    cls, sep = names["cls_token"], names["sep_token"]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{cls}:0 $A:0 {sep}:0",
+        pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])],
+    )
+    tokenizer.add_special_tokens([n for n in names.values() if n in vocab])
+    return tokenizer
+
+
+def load_backend(directory: Path):
+    """The ``tokenizers.Tokenizer`` of a model directory: tokenizer.json, else vocab.txt."""
+    from tokenizers import Tokenizer
+
+    tokenizer_file = directory / "tokenizer.json"
+    if tokenizer_file.exists():
+        try:
+            return Tokenizer.from_file(str(tokenizer_file))
+        except Exception as error:  # the Rust library raises a bare Exception
+            raise ModelFileError(tokenizer_file, f"is not a valid tokenizers file ({error})") from None
+    if (directory / "vocab.txt").exists():
+        return _wordpiece_from_vocab(directory)
+    raise ModelFileError(tokenizer_file, "file is missing, and there is no vocab.txt to build a WordPiece tokenizer from")
+
+
+class TextTokenizer:
+    """Turns strings into ``Encoded`` ids the way sentence-transformers' Transformer module does."""
+
+    def __init__(self, backend, *, max_length: int, lowercase: bool, pad_token_id: int, source: Path):
+        from tokenizers import normalizers
+
+        self.backend = backend
+        self.max_length = max_length
+        self.source = source
+        spec = json.loads(backend.to_str())
+        if lowercase and not _lowercases(spec.get("normalizer")):
+            existing = backend.normalizer
+            steps = [normalizers.Lowercase()] + ([existing] if existing is not None else [])
+            backend.normalizer = normalizers.Sequence(steps)
+        backend.no_padding()
+        self.set_max_length(max_length)
+        self.special_tokens = backend.num_special_tokens_to_add(False)
+        pad_token = backend.id_to_token(pad_token_id)
+        self.pad_token_id = pad_token_id if pad_token is not None else 0
+
+    def set_max_length(self, max_length: int):
+        if not isinstance(max_length, (int, np.integer)) or isinstance(max_length, bool) or max_length < 1:
+            raise ValueError(f"max_seq_length must be a positive integer, got {max_length!r}")
+        self.max_length = int(max_length)
+        self.backend.enable_truncation(self.max_length, strategy="longest_first", direction="right")
+
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, texts: list[str]) -> Encoded:
+        """Strip, tokenize with special tokens, truncate; ``texts`` must already be validated strings."""
+        encodings = self.backend.encode_batch([text.strip() for text in texts], add_special_tokens=True)
+        lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
+        input_ids = np.fromiter((i for e in encodings for i in e.ids), np.int64, int(lengths.sum()))
+        type_ids = np.fromiter((i for e in encodings for i in e.type_ids), np.int64, int(lengths.sum()))
+        truncated = np.fromiter((bool(e.overflowing) for e in encodings), bool, len(encodings))
+        return Encoded(input_ids, type_ids, lengths, truncated)
+
+    def tokenize(self, text: str) -> list[str]:
+        """The tokens of one text, special tokens included, as the model sees them."""
+        return self.backend.encode(text.strip()).tokens
+
+    def count_tokens(self, texts: list[str]) -> np.ndarray:
+        """Tokens per text before truncation, special tokens included."""
+        self.backend.no_truncation()
+        try:
+            encodings = self.backend.encode_batch([t.strip() for t in texts], add_special_tokens=True)
+        finally:
+            self.set_max_length(self.max_length)
+        return np.array([len(e.ids) for e in encodings], np.int64)
