@@ -111,7 +111,7 @@ def _snapshot(repo_id, revision, cache_folder, local_files_only, token) -> Path:
         raise ModelNotFoundError(
             f"Could not load model {where}: {offline}, and no complete copy is in the cache "
             f"({cache_folder or 'the default Hugging Face cache'}). "
-            f"Download it where there is network access (huggingface-cli download {repo_id}) "
+            f"Download it where there is network access (`hf download {repo_id}`) "
             f"or point refimpl at a local directory: SentenceTransformer('/path/to/model') "
             f"or `refimpl encode --model DIR`. Cause: {type(error).__name__}: {error}"
         ) from error

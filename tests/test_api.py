@@ -1,0 +1,115 @@
+"""The SentenceTransformer API: shapes, dtypes, options, ordering, and no torch at run time."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, check_parity, st_model
+from refimpl import SentenceTransformer
+
+TEXTS = ["첫 번째 문장입니다.", "두 번째 문장은 조금 더 길게 써 보았습니다.", "셋", "Mixed 한국어 and English 123"]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    return SentenceTransformer(tiny_model("roberta"))
+
+
+def test_shapes_and_dtypes(model):
+    dim = model.get_sentence_embedding_dimension()
+    assert dim == 32 == model.get_embedding_dimension()
+    many = model.encode(TEXTS)
+    assert many.shape == (4, dim) and many.dtype == np.float32
+    one = model.encode(TEXTS[0])
+    assert one.shape == (dim,)
+    np.testing.assert_allclose(one, many[0], atol=1e-6)
+    assert model.encode([]).shape == (0, dim)
+    assert isinstance(model.encode(TEXTS, convert_to_numpy=False), list)
+    assert model.encode(TEXTS, convert_to_tensor=True).shape == (4, dim)
+
+
+def test_order_is_restored_and_batches_do_not_matter(model):
+    together = model.encode(TEXTS, batch_size=32)
+    alone = np.stack([model.encode(t) for t in TEXTS])
+    check_parity("batched vs one at a time", together, alone, 1e-6)
+    for batch_size in (1, 2, 3):
+        check_parity(f"batch_size={batch_size}", model.encode(TEXTS, batch_size=batch_size), together, 1e-6)
+    reversed_ = model.encode(TEXTS[::-1])[::-1]
+    check_parity("reversed input order", reversed_, together, 1e-6)
+
+
+def test_normalize_embeddings(model):
+    unit = model.encode(TEXTS, normalize_embeddings=True)
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-6)
+    raw = model.encode(TEXTS)
+    np.testing.assert_allclose(unit, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)
+
+
+def test_float64_mode(tiny_model):
+    model64 = SentenceTransformer(tiny_model("roberta"), dtype="float64")
+    out = model64.encode(TEXTS)
+    assert out.dtype == np.float64
+    check_parity("float64 vs float32", out, SentenceTransformer(tiny_model("roberta")).encode(TEXTS), 1e-5)
+
+
+def test_attributes_like_sentence_transformers(model, tiny_model):
+    st = st_model(tiny_model("roberta"))
+    assert model.max_seq_length == st.max_seq_length
+    assert model.get_sentence_embedding_dimension() == st.get_sentence_embedding_dimension()
+    assert model.tokenizer.encode(TEXTS[0]).ids == st.tokenizer(TEXTS[0])["input_ids"]
+
+
+def test_max_seq_length_can_be_lowered(tiny_model, caplog):
+    model = SentenceTransformer(tiny_model("roberta"))
+    model.max_seq_length = 5
+    with caplog.at_level(logging.WARNING, logger="refimpl"):
+        tokens = model.encode(TEXTS, output_value="token_embeddings")
+    assert max(t.shape[0] for t in tokens) == 5
+    assert "3 of 4 inputs were longer than 5 tokens and were truncated to 5 tokens" in caplog.text
+    with pytest.raises(ValueError, match="position table"):
+        model.max_seq_length = 10_000
+
+
+def test_no_truncation_warning_when_nothing_is_truncated(model, caplog):
+    with caplog.at_level(logging.WARNING, logger="refimpl"):
+        model.encode(TEXTS)
+    assert "truncated" not in caplog.text
+
+
+@pytest.mark.parametrize("bad", [{"device": "cuda"}, {"batch_size": 0}, {"output_value": "cls"}, {"precision": "int4"}])
+def test_bad_arguments_are_refused(model, bad):
+    with pytest.raises(ValueError):
+        model.encode(TEXTS, **bad)
+
+
+def test_constructor_arguments_are_checked(tiny_model):
+    with pytest.raises(ValueError, match="dtype"):
+        SentenceTransformer(tiny_model("roberta"), dtype="float16")
+    with pytest.raises(ValueError, match="engine"):
+        SentenceTransformer(tiny_model("roberta"), engine="cuda")
+    with pytest.raises(ValueError, match="CPU"):
+        SentenceTransformer(tiny_model("roberta"), device="cuda:0")
+
+
+def test_encoding_never_imports_torch_or_transformers(tiny_model):
+    code = f"""
+import sys, json
+import refimpl
+lazy = {{name: name in sys.modules for name in ("numba", "huggingface_hub", "tokenizers")}}
+from refimpl import SentenceTransformer
+model = SentenceTransformer({str(tiny_model("roberta"))!r})
+model.encode(["한 문장", "두 문장"])
+heavy = [m for m in ("torch", "transformers", "sentence_transformers", "tensorflow", "jax") if m in sys.modules]
+print(json.dumps({{"lazy": lazy, "heavy": heavy}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(result)
+    assert result["heavy"] == [], f"encoding imported {result['heavy']}"
+    assert not any(result["lazy"].values()), f"`import refimpl` imported {result['lazy']}"
