@@ -51,9 +51,34 @@ def embeddings(input_ids, token_type_ids, cu_seqlens, w, config: EncoderConfig):
     return out
 
 
-def matmul_t(x, weight, out=None):
-    """x W^T through BLAS on the [out, in] layout; the bias is added by the kernel that follows."""
-    return np.matmul(x, weight.T, out=out)  # [N, in] -> [N, out]
+# Below this many tokens, OpenBLAS is faster computing (W x^T)^T than x W^T: it repacks the
+# weight on every call, and the transposed problem packs it better (measured: 85 vs 61 GFLOP/s
+# at 16 tokens, equal at 96; docs/performance.md). Batch-1 latency lives here.
+SMALL_BATCH_TOKENS = 96
+
+
+def matmul_t(x, weight):
+    """x W^T through BLAS on the [out, in] layout (no transposed copy of W); the bias is
+    added by the kernel that follows."""
+    if x.shape[0] < SMALL_BATCH_TOKENS:
+        return np.matmul(weight, x.T).T.copy()  # [out, in] x [in, N] -> [out, N] -> [N, out]
+    return np.matmul(x, weight.T)  # [N, in] -> [N, out]
+
+
+def sequence_attention(q, k, v, start, stop, num_heads, scale, out):
+    """softmax(Q K^T * scale) V for one sequence, all heads at once: [L, H] -> [L, H].
+
+    The products go through BLAS on head views of the packed rows (no copies); the
+    softmax is one fused kernel. No mask: the sequence attends only to itself.
+    """
+    length, H = stop - start, q.shape[1]
+    d = H // num_heads
+    qh = q[start:stop].reshape(length, num_heads, d).transpose(1, 0, 2)  # [L, H] -> [nh, L, d]
+    kh = k[start:stop].reshape(length, num_heads, d).transpose(1, 2, 0)  # [L, H] -> [nh, d, L]
+    vh = v[start:stop].reshape(length, num_heads, d).transpose(1, 0, 2)  # [L, H] -> [nh, L, d]
+    scores = np.matmul(qh, kh)  # [nh, L, L]
+    kernels.softmax_rows(scores, scale)
+    out[start:stop].reshape(length, num_heads, d).transpose(1, 0, 2)[...] = np.matmul(scores, vh)  # -> [L, H]
 
 
 def attention(x, cu_seqlens, w, config: EncoderConfig):
@@ -62,11 +87,14 @@ def attention(x, cu_seqlens, w, config: EncoderConfig):
     q = matmul_t(x, sw["query"]["weight"])  # [N, H] -> [N, H]
     k = matmul_t(x, sw["key"]["weight"])
     v = matmul_t(x, sw["value"]["weight"])
+    q += sw["query"]["bias"]
+    k += sw["key"]["bias"]
+    v += sw["value"]["bias"]
     context = np.empty_like(x)
-    kernels.attention_packed(
-        q, k, v, sw["query"]["bias"], sw["key"]["bias"], sw["value"]["bias"], cu_seqlens,
-        config.num_attention_heads, _scalar(config.head_dim ** -0.5, x.dtype), context,
-    )
+    scale = _scalar(config.head_dim ** -0.5, x.dtype)
+    for start, stop in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
+        if stop > start:
+            sequence_attention(q, k, v, start, stop, config.num_attention_heads, scale, context)
     return dense_residual_layer_norm(context, x, w["output"], config)
 
 
@@ -84,10 +112,7 @@ def dense_residual_layer_norm(h, residual, w, config: EncoderConfig):
 def ffn(x, w, config: EncoderConfig):
     """RobertaIntermediate + RobertaOutput: dense, bias + GELU fused, dense + residual + LayerNorm."""
     h = matmul_t(x, w["intermediate"]["dense"]["weight"])  # [N, H] -> [N, I]
-    if h.dtype == np.float32:
-        kernels.bias_gelu_f32(h, w["intermediate"]["dense"]["bias"])
-    else:
-        kernels.bias_gelu_exact(h, w["intermediate"]["dense"]["bias"])
+    kernels.bias_gelu(h, w["intermediate"]["dense"]["bias"])
     return dense_residual_layer_norm(h, x, w["output"], config)  # [N, I] -> [N, H]
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
-
 CLAMP = 1e-9  # sentence-transformers clamps the token count before dividing
 
 
@@ -55,6 +53,8 @@ def pool_padded(token_embeddings, attention_mask, modes, prompt_length=0):
 
 def pool_packed(x, cu_seqlens, modes, prompt_length=0):
     """Packed tokens [N, H] with sequence offsets [B + 1] -> [B, len(modes) * H]."""
+    from . import kernels  # numba loads on the first forward, not when the model loads
+
     starts, stops = cu_seqlens[:-1], cu_seqlens[1:]
     lengths = stops - starts
     kept = np.minimum(starts + prompt_length, stops)  # first pooled token of each sequence

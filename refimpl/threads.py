@@ -1,11 +1,12 @@
-"""How many threads BLAS and numba use.
+"""How many threads refimpl computes with.
 
-Both pools default to the number of cores (or to OMP_NUM_THREADS /
-OPENBLAS_NUM_THREADS / NUMBA_NUM_THREADS when set, which they read at start).
-``set_threads(n)`` changes both at run time: numba through its API, and the
-OpenBLAS that NumPy loaded through its C entry point, found with ctypes
-(threadpoolctl does the same, but is not a dependency). When NumPy uses
-another BLAS, only the environment variables set before start-up apply.
+Only BLAS runs threads: the numba kernels are single-threaded (kernels.py says
+why), so BLAS and numba never compete for cores. OpenBLAS defaults to the
+number of cores, or to OPENBLAS_NUM_THREADS / OMP_NUM_THREADS when set before
+start-up. ``set_threads(n)`` changes it at run time through the C entry point
+of the OpenBLAS that NumPy loaded, found with ctypes (threadpoolctl does the
+same, but is not a dependency). When NumPy uses another BLAS, only the
+environment variables set before start-up apply.
 """
 
 from __future__ import annotations
@@ -52,12 +53,9 @@ def set_blas_threads(n: int) -> bool:
 
 
 def set_threads(n: int | None):
-    """Use ``n`` threads for both BLAS and numba kernels (None: the number of cores)."""
+    """Use ``n`` BLAS threads (None: the number of cores)."""
     if n is None:
         n = os.cpu_count() or 1
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"threads must be a positive integer, got {n!r}")
-    import numba
-
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     set_blas_threads(n)

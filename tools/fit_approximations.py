@@ -1,6 +1,9 @@
-"""Fit the rational erf approximation used by the float32 GELU kernel.
+"""Fit the approximations the float32 kernels use instead of libm's scalar calls.
 
-    erf(x) ~= x * P(x^2) / Q(x^2)   for |x| <= CLAMP, and sign(x) beyond
+1. GELU's erf:  erf(x) ~= x * P(x^2) / Q(x^2)   for |x| <= CLAMP, and sign(x) beyond
+2. softmax's exp:  exp(x) = 2^n * e^r with n = round(x log2 e) and r = x - n ln 2 in
+   [-ln2/2, ln2/2] (ln 2 split in two constants so the reduction is exact in float32);
+   e^r ~= polynomial of degree EXP_DEGREE; 2^n is added to the float's exponent bits.
 
 exact `math.erf` is a scalar libm call that numba cannot vectorize without
 SVML; a rational function of x^2 is a handful of fused multiply-adds and one
@@ -9,7 +12,7 @@ least squares followed by Lawson reweighting towards the minimax fit, all in
 float64, and the script prints the error of the fit in float64 and evaluated
 in float32 the way the kernel evaluates it.
 
-    python tools/fit_erf.py            # prints coefficients to paste into refimpl/kernels.py
+    python tools/fit_approximations.py     # prints coefficients to paste into refimpl/kernels.py
 """
 
 from __future__ import annotations
@@ -57,7 +60,45 @@ def evaluate(x, p, q, dtype):
     return np.where(np.abs(x) > CLAMP, np.sign(x), np.clip(x, -CLAMP, CLAMP) * num / den).astype(dtype)
 
 
+EXP_DEGREE = 6
+LN2_HI = 0.693359375  # ln 2 = LN2_HI + LN2_LO; LN2_HI has few bits, so n * LN2_HI is exact
+LN2_LO = -2.12194440e-4
+
+
+def fit_exp(degree=EXP_DEGREE, iterations=60):
+    """Minimax-like polynomial for e^r on [-ln2/2, ln2/2], by Lawson-reweighted relative least squares."""
+    half = np.log(2) / 2
+    r = np.unique(np.concatenate([half * np.cos(np.linspace(0, np.pi, 20001)), np.linspace(-half, half, 20001)]))
+    target = np.exp(r)
+    basis = np.stack([r**k for k in range(degree + 1)], axis=1)
+    weights = np.ones_like(r)
+    for _ in range(iterations):
+        scale = np.sqrt(weights) / target  # relative error
+        coef, *_ = np.linalg.lstsq(basis * scale[:, None], target * scale, rcond=None)
+        error = np.abs(basis @ coef / target - 1)
+        weights = weights * (error + 1e-300)
+        weights /= weights.sum()
+    return coef
+
+
+def exp_float32(x, coef):
+    """The kernel's float32 exp, in NumPy: reduce, polynomial, then 2^n into the exponent bits."""
+    f32 = np.float32
+    x = np.maximum(np.asarray(x, f32), f32(-87.0))
+    n = np.floor(x * f32(1.4426950408889634) + f32(0.5))
+    r = (x - n * f32(LN2_HI)) - n * f32(LN2_LO)
+    p = np.zeros_like(r)
+    for c in coef[::-1]:
+        p = p * r + f32(c)
+    return (p.view(np.int32) + (n.astype(np.int32) << 23)).view(np.float32)
+
+
 def main():
+    coef = fit_exp()
+    x = np.linspace(-87, 0, 1_000_001, dtype=np.float32)
+    relative = np.abs(exp_float32(x, coef).astype(np.float64) / np.exp(x.astype(np.float64)) - 1)
+    print(f"max relative exp error on [-87, 0], float32 evaluation: {relative.max():.2e}")
+    print("EXP_P = (" + ", ".join(f"{c:.17e}" for c in coef) + ")")
     p, q = fit()
     grid = np.linspace(-6, 6, 2_000_001)
     exact = np.array([math.erf(v) for v in grid[::10]])
