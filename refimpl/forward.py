@@ -116,8 +116,9 @@ def encoder(input_ids, attention_mask, token_type_ids, weights, config: EncoderC
     dtype = weights["embeddings"]["word_embeddings"]["weight"].dtype
     x = embeddings(input_ids, token_type_ids, weights["embeddings"], config)
     mask_bias = attention_mask_bias(attention_mask, dtype)
-    hidden_states = [x]
+    hidden_states = [x] if output_hidden_states else None
     for layer_weights in weights["encoder"]["layer"]:
         x = layer(x, mask_bias, layer_weights, config)
-        hidden_states.append(x)
-    return x, (hidden_states if output_hidden_states else None)
+        if output_hidden_states:
+            hidden_states.append(x)
+    return x, hidden_states

@@ -124,8 +124,9 @@ def layer(x, cu_seqlens, w, config: EncoderConfig):
 def encoder(input_ids, token_type_ids, cu_seqlens, weights, config: EncoderConfig, output_hidden_states=False):
     """The last hidden state of every real token, [N, H], and optionally every layer's."""
     x = embeddings(input_ids, token_type_ids, cu_seqlens, weights["embeddings"], config)
-    hidden_states = [x]
+    hidden_states = [x] if output_hidden_states else None  # kept only when asked: 13 x [N, H]
     for layer_weights in weights["encoder"]["layer"]:
         x = layer(x, cu_seqlens, layer_weights, config)
-        hidden_states.append(x)
-    return x, (hidden_states if output_hidden_states else None)
+        if output_hidden_states:
+            hidden_states.append(x)
+    return x, hidden_states

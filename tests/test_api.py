@@ -104,6 +104,7 @@ import refimpl
 lazy = {{name: name in sys.modules for name in ("numba", "huggingface_hub", "tokenizers")}}
 from refimpl import SentenceTransformer
 model = SentenceTransformer({str(tiny_model("roberta"))!r})
+lazy["numba after load"] = "numba" in sys.modules  # nothing compiles or loads LLVM before the first encode
 model.encode(["한 문장", "두 문장"])
 heavy = [m for m in ("torch", "transformers", "sentence_transformers", "tensorflow", "jax") if m in sys.modules]
 print(json.dumps({{"lazy": lazy, "heavy": heavy}}))
