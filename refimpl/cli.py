@@ -1,8 +1,12 @@
-"""Command line: ``refimpl encode ...`` (and the other subcommands).
+"""Command line.
 
     refimpl encode "첫 번째 문장" "두 번째 문장"            # JSON lines on stdout
     refimpl encode -i sentences.txt -o embeddings.npy      # one sentence per line
     cat sentences.txt | refimpl encode -o out.jsonl --model ./my-model
+    refimpl similarity "오늘 날씨가 좋다" "날씨가 맑다"
+    refimpl search --corpus passages.txt --top-k 5 "질문 하나" "질문 둘"
+    refimpl eval-sts klue-sts-v1.1_dev.json [--json]
+    refimpl convert pytorch_model.bin model.safetensors
 """
 
 from __future__ import annotations
@@ -89,6 +93,81 @@ def cmd_encode(args):
         print(f"{len(texts)} embeddings of dimension {embeddings.shape[1]} written to {args.output}", file=sys.stderr)
 
 
+def cmd_similarity(args):
+    model = load_model(args)
+    embeddings = model.encode([args.first, args.second])
+    score = float(model.similarity(embeddings[:1], embeddings[1:])[0, 0])
+    print(f"{score:.6f}" if not args.json else json.dumps({"similarity_fn_name": model.similarity_fn_name, "score": score}))
+
+
+def corpus_cache_path(corpus: Path, model) -> Path:
+    """Beside the corpus, keyed by the model (directory or Hub snapshot, dtype, length) and the file's hash."""
+    import hashlib
+    import re
+
+    digest = hashlib.sha256(corpus.read_bytes()).hexdigest()[:16]
+    model_key = hashlib.sha256(
+        f"{model.model_dir}|{model.dtype}|{model.max_seq_length}|{model.truncate_dim}".encode()
+    ).hexdigest()[:12]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(model.model_name_or_path)).name)[:40]
+    return corpus.with_name(f"{corpus.name}.{name}-{model_key}.{digest}.npy")
+
+
+def cmd_search(args):
+    import numpy as np
+
+    from .util import SIMILARITY, semantic_search
+
+    corpus_path = Path(args.corpus)
+    corpus = read_lines(args.corpus)
+    if not corpus:
+        raise SystemExit(f"refimpl: {args.corpus}: the corpus is empty")
+    queries = list(args.queries) or read_lines(None)
+    model = load_model(args)
+    cache = corpus_cache_path(corpus_path, model)
+    if cache.exists() and not args.no_cache:
+        corpus_embeddings = np.load(cache)
+        print(f"using cached corpus embeddings {cache}", file=sys.stderr)
+    else:
+        corpus_embeddings = model.encode(corpus, batch_size=args.batch_size, show_progress_bar=True)
+        if not args.no_cache:
+            try:
+                np.save(cache, corpus_embeddings)
+            except OSError as error:
+                print(f"refimpl: could not cache the corpus embeddings at {cache}: {error}", file=sys.stderr)
+    query_embeddings = model.encode(queries, batch_size=args.batch_size)
+    hits = semantic_search(query_embeddings, corpus_embeddings, top_k=args.top_k,
+                           score_function=SIMILARITY[model.similarity_fn_name])
+    if args.json:
+        for query, query_hits in zip(queries, hits):
+            print(json.dumps({"query": query, "hits": [dict(h, text=corpus[h["corpus_id"]]) for h in query_hits]}, ensure_ascii=False))
+        return
+    for query, query_hits in zip(queries, hits):
+        print(f"query: {query}")
+        for rank, hit in enumerate(query_hits, start=1):
+            print(f"  {rank}. {hit['score']:.4f}  [{hit['corpus_id']}] {corpus[hit['corpus_id']]}")
+
+
+def cmd_eval_sts(args):
+    from .evaluation import evaluate_sts, format_table, load_sts
+
+    first, second, scores = load_sts(args.file, label_key=args.label_key)
+    model = load_model(args)
+    metrics = evaluate_sts(model, first, second, scores, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"{args.file}: {len(scores)} pairs, model {args.model}")
+        print(format_table(metrics))
+
+
+def cmd_convert(args):
+    from .torch_pickle import convert_to_safetensors
+
+    target = convert_to_safetensors(args.source, args.target)
+    print(f"wrote {target}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refimpl", description="Sentence embeddings in NumPy, no PyTorch.")
     parser.add_argument("--verbose", "-v", action="store_true", help="log progress")
@@ -103,6 +182,43 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--progress", action="store_true", help="show a progress bar")
     _add_model_arguments(encode)
     encode.set_defaults(func=cmd_encode)
+
+    similarity = sub.add_parser("similarity", help="score two sentences with the model's similarity function")
+    similarity.add_argument("first")
+    similarity.add_argument("second")
+    similarity.add_argument("--json", action="store_true")
+    _add_model_arguments(similarity)
+    similarity.set_defaults(func=cmd_similarity)
+
+    search = sub.add_parser(
+        "search", help="semantic search in a corpus file",
+        description="Embed the corpus (one passage per line) once, cache the embeddings beside it "
+                    "(.npy keyed by model and file hash), and print the top-k passages of each query.",
+    )
+    search.add_argument("queries", nargs="*", metavar="QUERY", help="queries (default: one per line on stdin)")
+    search.add_argument("--corpus", required=True, metavar="FILE")
+    search.add_argument("--top-k", type=int, default=10)
+    search.add_argument("--batch-size", type=int, default=32)
+    search.add_argument("--no-cache", action="store_true", help="neither read nor write the embeddings cache")
+    search.add_argument("--json", action="store_true", help="one JSON object per query")
+    _add_model_arguments(search)
+    search.set_defaults(func=cmd_search)
+
+    sts = sub.add_parser(
+        "eval-sts", help="Pearson/Spearman on an STS set, as sentence-transformers' EmbeddingSimilarityEvaluator",
+        description="FILE: KLUE-STS JSON (sentence1, sentence2, labels.label) or CSV/TSV with sentence1, sentence2, score.",
+    )
+    sts.add_argument("file")
+    sts.add_argument("--label-key", default="label", help="KLUE label to use: label (default) or real-label")
+    sts.add_argument("--batch-size", type=int, default=16)
+    sts.add_argument("--json", action="store_true", help="print one JSON object of the eight metrics")
+    _add_model_arguments(sts)
+    sts.set_defaults(func=cmd_eval_sts)
+
+    convert = sub.add_parser("convert", help="pytorch_model.bin -> model.safetensors, without torch")
+    convert.add_argument("source", metavar="IN.bin")
+    convert.add_argument("target", metavar="OUT.safetensors")
+    convert.set_defaults(func=cmd_convert)
     return parser
 
 

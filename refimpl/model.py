@@ -108,10 +108,12 @@ class SentenceTransformer:
         self.default_prompt_name = default_prompt_name if default_prompt_name is not None else st_config.default_prompt_name
         if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
             raise ValueError(f"default_prompt_name {self.default_prompt_name!r} is not one of the prompts {sorted(self.prompts)}")
-        self.similarity_fn_name = similarity_fn_name or st_config.similarity_fn_name or "cosine"
+        self.similarity_fn_name = similarity_fn_name or st_config.similarity_fn_name or "cosine"  # checked by the setter
         self.truncate_dim = _check_truncate_dim(truncate_dim)
 
-        max_length = sbert.max_seq_length or tokenizer_model_max_length(transformer_dir / "tokenizer_config.json")
+        # parsed even when max_seq_length is set, so that a broken file is reported, not ignored
+        tokenizer_max_length = tokenizer_model_max_length(transformer_dir / "tokenizer_config.json")
+        max_length = sbert.max_seq_length or tokenizer_max_length
         if max_length is None:
             max_length = self.config.max_tokens
         if max_length > self.config.max_tokens:
@@ -161,6 +163,41 @@ class SentenceTransformer:
         return min(dimension, self.truncate_dim) if self.truncate_dim else dimension
 
     get_embedding_dimension = get_sentence_embedding_dimension
+
+    # --- similarity, as sentence-transformers' model.similarity ------------------------------
+
+    @property
+    def similarity_fn_name(self) -> str:
+        """"cosine" (default), "dot", "euclidean" or "manhattan", from config_sentence_transformers.json."""
+        return self._similarity_fn_name
+
+    @similarity_fn_name.setter
+    def similarity_fn_name(self, value: str):
+        from .util import SIMILARITY
+
+        value = getattr(value, "value", value)  # sentence-transformers' SimilarityFunction enum
+        if value not in SIMILARITY:
+            raise ValueError(f"similarity_fn_name must be one of {sorted(SIMILARITY)}, got {value!r}")
+        self._similarity_fn_name = value
+
+    def similarity(self, embeddings1, embeddings2) -> np.ndarray:
+        """[N, M] scores of every row of embeddings1 against every row of embeddings2."""
+        from .util import SIMILARITY
+
+        return SIMILARITY[self.similarity_fn_name](embeddings1, embeddings2)
+
+    def similarity_pairwise(self, embeddings1, embeddings2) -> np.ndarray:
+        """[N] scores of row i against row i."""
+        from .util import PAIRWISE_SIMILARITY
+
+        return PAIRWISE_SIMILARITY[self.similarity_fn_name](embeddings1, embeddings2)
+
+    def token_count(self, sentences):
+        """Tokens of each sentence as the model would tokenize it, special tokens included,
+        *before* truncation (compare with ``max_seq_length`` to see what would be cut)."""
+        texts, single = as_text_list(sentences)
+        counts = self._tokenizer.count_tokens(texts)
+        return int(counts[0]) if single else counts.tolist()
 
     def __repr__(self):
         return (
@@ -246,6 +283,48 @@ class SentenceTransformer:
             raise ValueError(f"prompt_name {name!r} is not one of this model's prompts: {sorted(self.prompts)}")
         return self.prompts[name]
 
+    def encode_query(self, sentences, **kwargs):
+        """``encode`` with the model's "query" prompt when it has one (sentence-transformers 5+)."""
+        if "prompt" not in kwargs and "prompt_name" not in kwargs and "query" in self.prompts:
+            kwargs["prompt_name"] = "query"
+        return self.encode(sentences, **kwargs)
+
+    def encode_document(self, sentences, **kwargs):
+        """``encode`` with the model's "document" prompt when it has one (sentence-transformers 5+)."""
+        if "prompt" not in kwargs and "prompt_name" not in kwargs and "document" in self.prompts:
+            kwargs["prompt_name"] = "document"
+        return self.encode(sentences, **kwargs)
+
+    def embed(self, sentences: Iterable[str], batch_size: int = 32, chunk_size: int | None = None, **encode_kwargs):
+        """Embed an iterable of any length lazily: yields one array of up to ``batch_size``
+        embeddings at a time, in input order, holding only ``chunk_size`` sentences
+        (default 16 batches) in memory. Takes ``encode``'s other arguments except
+        int8/uint8 precision, whose ranges would differ from chunk to chunk."""
+        from itertools import islice
+
+        if isinstance(sentences, str):
+            raise TypeError("embed takes an iterable of sentences; use encode for a single string")
+        if encode_kwargs.get("precision", "float32") in ("int8", "uint8"):
+            raise ValueError("int8/uint8 ranges come from the whole batch; encode everything, or quantize "
+                             "the float embeddings with refimpl.quantization.quantize_embeddings(..., ranges=...)")
+        if encode_kwargs.get("output_value", "sentence_embedding") != "sentence_embedding":
+            raise ValueError("embed yields sentence embeddings only")
+        chunk_size = chunk_size or 16 * batch_size
+        iterator, offset, truncated = iter(sentences), 0, 0
+        while True:
+            chunk = list(islice(iterator, chunk_size))
+            if not chunk:
+                break
+            try:
+                embeddings, chunk_truncated, _ = self._encode(chunk, batch_size=batch_size, **encode_kwargs)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"{error} (in the chunk of inputs starting at index {offset})") from None
+            truncated += chunk_truncated
+            for start in range(0, len(chunk), batch_size):
+                yield embeddings[start : start + batch_size]
+            offset += len(chunk)
+        self._warn_truncated(truncated, offset)
+
     def encode(
         self,
         sentences: str | Iterable[str],
@@ -267,6 +346,21 @@ class SentenceTransformer:
         torch, so ``convert_to_tensor=True`` gives the same NumPy array. With
         ``output_value="token_embeddings"`` a list of [T_i, H] arrays, one per input.
         """
+        embeddings, truncated, count = self._encode(
+            sentences, prompt_name=prompt_name, prompt=prompt, batch_size=batch_size,
+            show_progress_bar=show_progress_bar, output_value=output_value, precision=precision,
+            convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor, device=device,
+            normalize_embeddings=normalize_embeddings, truncate_dim=truncate_dim,
+        )
+        self._warn_truncated(truncated, count)
+        return embeddings
+
+    def _encode(
+        self, sentences, prompt_name=None, prompt=None, batch_size=32, show_progress_bar=None,
+        output_value="sentence_embedding", precision="float32", convert_to_numpy=True, convert_to_tensor=False,
+        device=None, normalize_embeddings=False, truncate_dim=None,
+    ):
+        """encode, returning also how many of how many inputs were truncated (the callers warn)."""
         _check_device(device)
         texts, single = as_text_list(sentences)
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
@@ -281,9 +375,9 @@ class SentenceTransformer:
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
 
-        embeddings = self._embed_all(texts, prompt, batch_size, show_progress_bar, output_value)
+        embeddings, truncated = self._embed_all(texts, prompt, batch_size, show_progress_bar, output_value)
         if output_value == "token_embeddings":
-            return embeddings[0] if single else embeddings
+            return (embeddings[0] if single else embeddings), truncated, len(texts)
         if truncate_dim:
             embeddings = embeddings[:, :truncate_dim]
         if normalize_embeddings:
@@ -293,10 +387,10 @@ class SentenceTransformer:
 
             embeddings = quantize_embeddings(embeddings, precision)
         if single:
-            return embeddings[0]
-        if not convert_to_numpy and not convert_to_tensor:
-            return list(embeddings)
-        return embeddings
+            embeddings = embeddings[0]
+        elif not convert_to_numpy and not convert_to_tensor:
+            embeddings = list(embeddings)
+        return embeddings, truncated, len(texts)
 
     def _embed_all(self, texts, prompt, batch_size, show_progress_bar, output_value):
         prompt_length = 0
@@ -306,7 +400,6 @@ class SentenceTransformer:
                 # [CLS] + the prompt's tokens, as sentence-transformers counts them (without the final [SEP])
                 prompt_length = len(self._tokenizer.encode([prompt]).input_ids) - 1
         encoded = self._tokenizer.encode(texts)
-        self._warn_truncated(encoded)
         order = np.argsort(-encoded.lengths, kind="stable")  # longest first, as sentence-transformers sorts
         results: list = [None] * len(texts)
         batches = range(0, len(texts), batch_size)
@@ -322,11 +415,12 @@ class SentenceTransformer:
                 outputs.extend(self._run_batch(part, output_value, prompt_length))
             for i, value in zip(chosen, outputs):
                 results[i] = value
+        truncated = int(encoded.truncated.sum())
         if output_value == "token_embeddings":
-            return results
+            return results, truncated
         if not results:
-            return np.empty((0, self.pooling_config.output_dimension), self.dtype)
-        return np.stack(results)
+            return np.empty((0, self.pooling_config.output_dimension), self.dtype), truncated
+        return np.stack(results), truncated
 
     def _run_batch(self, batch: Encoded, output_value: str, prompt_length: int = 0):
         """Embeddings of one batch, in batch order: rows of [B, D], or [T_i, H] arrays for token embeddings."""
@@ -355,13 +449,13 @@ class SentenceTransformer:
             )
         return sentence
 
-    def _warn_truncated(self, encoded: Encoded):
-        count = int(encoded.truncated.sum())
+    def _warn_truncated(self, count: int, total):
+        """One warning per encode call (or per embed run) when anything was truncated."""
         if count:
             logger.warning(
                 "%d of %d inputs were longer than %d tokens and were truncated to %d tokens "
                 "(max_seq_length; special tokens included)",
-                count, len(encoded.lengths), self.max_seq_length, self.max_seq_length,
+                count, total, self.max_seq_length, self.max_seq_length,
             )
 
 

@@ -151,6 +151,7 @@ class TextTokenizer:
         backend.no_padding()
         self.set_max_length(max_length)
         self.special_tokens = backend.num_special_tokens_to_add(False)
+        self._untruncated = None
         pad_token = backend.id_to_token(pad_token_id)
         self.pad_token_id = pad_token_id if pad_token is not None else 0
 
@@ -163,8 +164,18 @@ class TextTokenizer:
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
+    # tokenizers' Encoding objects take ~2 KB each: convert them to arrays a slice at a time
+    SLICE = 4096
+
     def encode(self, texts: list[str]) -> Encoded:
         """Strip, tokenize with special tokens, truncate; ``texts`` must already be validated strings."""
+        if len(texts) <= self.SLICE:
+            return self._encode_slice(texts)
+        parts = [self._encode_slice(texts[start : start + self.SLICE]) for start in range(0, len(texts), self.SLICE)]
+        return Encoded(*(np.concatenate([getattr(p, field) for p in parts])
+                         for field in ("input_ids", "token_type_ids", "lengths", "truncated")))
+
+    def _encode_slice(self, texts: list[str]) -> Encoded:
         encodings = self.backend.encode_batch([text.strip() for text in texts], add_special_tokens=True)
         lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
         input_ids = np.fromiter((i for e in encodings for i in e.ids), np.int64, int(lengths.sum()))
@@ -178,9 +189,11 @@ class TextTokenizer:
 
     def count_tokens(self, texts: list[str]) -> np.ndarray:
         """Tokens per text before truncation, special tokens included."""
-        self.backend.no_truncation()
-        try:
-            encodings = self.backend.encode_batch([t.strip() for t in texts], add_special_tokens=True)
-        finally:
-            self.set_max_length(self.max_length)
+        if self._untruncated is None:  # a second tokenizer, so the shared one is never reconfigured
+            from tokenizers import Tokenizer
+
+            untruncated = Tokenizer.from_str(self.backend.to_str())
+            untruncated.no_truncation()
+            self._untruncated = untruncated
+        encodings = self._untruncated.encode_batch([t.strip() for t in texts], add_special_tokens=True)
         return np.array([len(e.ids) for e in encodings], np.int64)

@@ -1,0 +1,115 @@
+"""STS evaluation as sentence-transformers' ``EmbeddingSimilarityEvaluator`` computes it.
+
+Both sides of every pair are embedded (batch size 16), each pair is scored with cosine,
+euclidean and manhattan similarity (negative distances) and the dot product, and each
+score list is correlated with the gold labels: Pearson, and Spearman (Pearson of the
+ranks, ties sharing their average rank, as ``scipy.stats.spearmanr``).
+
+Data: the KLUE-STS JSON format (a list of {"sentence1", "sentence2", "labels": {"label",
+"real-label", "binary-label"}}; ``label_key`` picks the label), or a CSV/TSV file with a
+header naming sentence1, sentence2 and score columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .util import PAIRWISE_SIMILARITY
+
+METRIC_KEYS = [f"{name}_{kind}" for name in ("cosine", "euclidean", "manhattan", "dot") for kind in ("pearson", "spearman")]
+
+
+def pearson(x, y) -> float:
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"correlation needs two equally long lists of at least 2 values, got {len(x)} and {len(y)}")
+    dx, dy = x - x.mean(), y - y.mean()
+    denominator = np.sqrt((dx * dx).sum() * (dy * dy).sum())
+    return float((dx * dy).sum() / denominator) if denominator else float("nan")
+
+
+def average_ranks(values) -> np.ndarray:
+    """1-based ranks, ties sharing the mean of their ranks (scipy.stats.rankdata 'average')."""
+    values = np.asarray(values, np.float64)
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    starts = np.concatenate([[True], sorted_values[1:] != sorted_values[:-1]])
+    group = np.cumsum(starts) - 1
+    group_start = np.flatnonzero(starts)
+    group_end = np.concatenate([group_start[1:], [len(values)]])
+    mean_rank = (group_start + group_end + 1) / 2.0  # mean of (start+1 .. end)
+    ranks = np.empty(len(values))
+    ranks[order] = mean_rank[group]
+    return ranks
+
+
+def spearman(x, y) -> float:
+    return pearson(average_ranks(x), average_ranks(y))
+
+
+def load_sts(path, label_key: str = "label"):
+    """(sentences1, sentences2, scores) from a KLUE-STS JSON file or a CSV/TSV file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    if path.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{")):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: malformed JSON at line {error.lineno}: {error.msg}") from None
+        if isinstance(data, dict) and "data" in data:
+            data = data["data"]
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a JSON list of sentence pairs")
+        first, second, scores = [], [], []
+        for index, item in enumerate(data):
+            try:
+                label = item["labels"][label_key] if "labels" in item else item[label_key]
+                first.append(str(item["sentence1"]))
+                second.append(str(item["sentence2"]))
+                scores.append(float(label))
+            except (KeyError, TypeError, ValueError) as error:
+                raise ValueError(f"{path}: item {index} lacks sentence1, sentence2 or labels.{label_key} ({error})") from None
+        return first, second, scores
+    delimiter = "\t" if path.suffix.lower() == ".tsv" or "\t" in text.splitlines()[0] else ","
+    reader = csv.DictReader(text.splitlines(), delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+    columns = {name.strip().lower(): name for name in reader.fieldnames or []}
+    score_column = next((columns[c] for c in ("score", label_key.lower(), "label", "similarity") if c in columns), None)
+    if "sentence1" not in columns or "sentence2" not in columns or score_column is None:
+        raise ValueError(f"{path}: the header must name sentence1, sentence2 and score columns, got {reader.fieldnames}")
+    first, second, scores = [], [], []
+    for row_number, row in enumerate(reader, start=2):
+        try:
+            scores.append(float(row[score_column]))
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: line {row_number}: score {row[score_column]!r} is not a number") from None
+        first.append(row[columns["sentence1"]])
+        second.append(row[columns["sentence2"]])
+    return first, second, scores
+
+
+def evaluate_sts(model, sentences1, sentences2, scores, batch_size: int = 16) -> dict[str, float]:
+    """Pearson and Spearman of the four similarity functions against the gold scores."""
+    if not (len(sentences1) == len(sentences2) == len(scores)):
+        raise ValueError("sentences1, sentences2 and scores must be equally long")
+    embeddings1 = model.encode(sentences1, batch_size=batch_size, convert_to_numpy=True)
+    embeddings2 = model.encode(sentences2, batch_size=batch_size, convert_to_numpy=True)
+    metrics = {}
+    for name in ("cosine", "euclidean", "manhattan", "dot"):
+        predicted = PAIRWISE_SIMILARITY[name](embeddings1, embeddings2)
+        metrics[f"{name}_pearson"] = pearson(scores, predicted)
+        metrics[f"{name}_spearman"] = spearman(scores, predicted)
+    return metrics
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    lines = ["| similarity | Pearson | Spearman |", "|---|---|---|"]
+    for name in ("cosine", "euclidean", "manhattan", "dot"):
+        lines.append(f"| {name} | {metrics[name + '_pearson']:.4f} | {metrics[name + '_spearman']:.4f} |")
+    return "\n".join(lines)
