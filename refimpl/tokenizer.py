@@ -39,20 +39,6 @@ class Encoded:
         rows = np.concatenate([np.arange(cu[i], cu[i + 1]) for i in indices]) if len(indices) else np.empty(0, np.int64)
         return Encoded(self.input_ids[rows], self.token_type_ids[rows], self.lengths[indices], self.truncated[indices])
 
-    def split(self, max_tokens: int) -> list["Encoded"]:
-        """Consecutive groups of sequences holding at most ``max_tokens`` tokens each (a longer
-        sequence goes alone), so that a forward pass's activations stay bounded."""
-        groups, current, total = [], [], 0
-        for index, length in enumerate(self.lengths.tolist()):
-            if current and total + length > max_tokens:
-                groups.append(current)
-                current, total = [], 0
-            current.append(index)
-            total += length
-        if current:
-            groups.append(current)
-        return [self if len(groups) == 1 else self.select(np.array(group)) for group in groups]
-
     def padded(self, pad_id: int):
         """{input_ids, attention_mask, token_type_ids} as [B, T] arrays, right-padded like a transformers batch."""
         B, T = len(self.lengths), int(self.lengths.max(initial=0))

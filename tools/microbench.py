@@ -1,0 +1,198 @@
+"""The small experiments behind the design notes of docs/performance.md, one subcommand each.
+
+    python tools/microbench.py orientation    # x W^T against (W x^T)^T by number of tokens
+    python tools/microbench.py split          # one 2-thread BLAS against two threads of 1-thread BLAS
+    python tools/microbench.py error-model    # the GELU kernel with numba's python and numpy error models
+    python tools/microbench.py numba-gemm     # a register-blocked numba matrix product for small batches
+    python tools/microbench.py mapped         # the forward pass on mmap'd against copied weights
+    python tools/microbench.py tokens         # tokens/s by sentences per forward pass
+
+Run on an idle machine; each prints its measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+MODEL = Path.home() / ".cache" / "refimpl-bench" / "klue-sroberta-random"
+SHAPES = [(768, 768)] * 4 + [(3072, 768), (768, 3072)]  # one layer's linear maps, [out, in]
+
+
+def rate(work, flops, seconds=0.6):
+    work()
+    start, runs = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        work()
+        runs += 1
+    return flops * runs / (time.perf_counter() - start) / 1e9
+
+
+def orientation():
+    rng = np.random.default_rng(0)
+    layers = [[rng.standard_normal(shape, dtype=np.float32) for shape in SHAPES] for _ in range(12)]
+    print("tokens  x W^T  (W x^T)^T   GFLOP/s, 12 layers of distinct weights")
+    for tokens in (8, 16, 32, 64, 96, 128, 256, 512):
+        inputs = {k: rng.standard_normal((tokens, k), dtype=np.float32) for k in (768, 3072)}
+        flops = 12 * sum(2 * tokens * a * b for a, b in SHAPES)
+        direct = rate(lambda: [np.matmul(inputs[w.shape[1]], w.T) for layer in layers for w in layer], flops)
+        transposed = rate(lambda: [np.matmul(w, inputs[w.shape[1]].T).T.copy() for layer in layers for w in layer], flops)
+        print(f"{tokens:6d} {direct:6.0f} {transposed:10.0f}")
+
+
+def split():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from refimpl.threads import set_blas_threads
+
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((3072, 768), dtype=np.float32)
+    w2 = rng.standard_normal((768, 3072), dtype=np.float32)
+    pool = ThreadPoolExecutor(2)
+    for tokens in (256, 512, 1024):
+        x = rng.standard_normal((tokens, 768), dtype=np.float32)
+        halves = [x[: tokens // 2], x[tokens // 2 :]]
+        flops = 4 * tokens * 768 * 3072
+        set_blas_threads(2)
+        both = rate(lambda: (x @ w1.T) @ w2.T, flops)
+        set_blas_threads(1)
+        threads = rate(lambda: list(pool.map(lambda h: (h @ w1.T) @ w2.T, halves)), flops)
+        set_blas_threads(2)
+        print(f"{tokens} tokens: one product on 2-thread BLAS {both:.0f} GFLOP/s, two threads of 1-thread BLAS {threads:.0f}")
+
+
+def error_model():
+    from numba import njit
+
+    from refimpl import kernels
+
+    x = np.random.default_rng(0).normal(size=(512, 3072)).astype(np.float32) * 3
+    bias = np.zeros(3072, np.float32)
+    for model in ("python", "numpy"):
+        kernel = njit(fastmath=kernels.FASTMATH, error_model=model)(kernels.bias_gelu.py_func)
+        h = x.copy()
+        kernel(h, bias)
+        times = []
+        for _ in range(10):
+            h[:] = x
+            start = time.perf_counter()
+            kernel(h, bias)
+            times.append(time.perf_counter() - start)
+        print(f"error_model={model!r}: GELU {statistics.median(times) * 1e9 / x.size:.2f} ns per element")
+
+
+def numba_gemm():
+    from numba import njit
+
+    @njit(fastmath={"reassoc", "contract"}, error_model="numpy", nogil=True)
+    def linear_small(x, w, out):
+        """out = x W^T in 4 x 4 blocks: 16 scalar accumulators, LLVM vectorises along k."""
+        M, K = x.shape
+        for n in range(0, w.shape[0] - 3, 4):
+            w0, w1, w2, w3 = w[n], w[n + 1], w[n + 2], w[n + 3]
+            for m in range(0, M - 3, 4):
+                x0, x1, x2, x3 = x[m], x[m + 1], x[m + 2], x[m + 3]
+                a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.float32(0)
+                a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.float32(0)
+                for k in range(K):
+                    v0, v1, v2, v3, u0, u1, u2, u3 = x0[k], x1[k], x2[k], x3[k], w0[k], w1[k], w2[k], w3[k]
+                    a00 += v0 * u0; a01 += v0 * u1; a02 += v0 * u2; a03 += v0 * u3  # noqa: E702
+                    a10 += v1 * u0; a11 += v1 * u1; a12 += v1 * u2; a13 += v1 * u3  # noqa: E702
+                    a20 += v2 * u0; a21 += v2 * u1; a22 += v2 * u2; a23 += v2 * u3  # noqa: E702
+                    a30 += v3 * u0; a31 += v3 * u1; a32 += v3 * u2; a33 += v3 * u3  # noqa: E702
+                out[m, n], out[m, n + 1], out[m, n + 2], out[m, n + 3] = a00, a01, a02, a03
+                out[m + 1, n], out[m + 1, n + 1], out[m + 1, n + 2], out[m + 1, n + 3] = a10, a11, a12, a13
+                out[m + 2, n], out[m + 2, n + 1], out[m + 2, n + 2], out[m + 2, n + 3] = a20, a21, a22, a23
+                out[m + 3, n], out[m + 3, n + 1], out[m + 3, n + 2], out[m + 3, n + 3] = a30, a31, a32, a33
+
+    rng = np.random.default_rng(0)
+    weights = [rng.standard_normal((3072, 768), dtype=np.float32) for _ in range(12)]
+    for tokens in (16, 32, 64):
+        x = rng.standard_normal((tokens, 768), dtype=np.float32)
+        out = np.empty((tokens, 3072), np.float32)
+        linear_small(x, weights[0], out)
+        assert np.abs(out - x @ weights[0].T).max() < 1e-2
+        flops = 12 * 2 * tokens * 768 * 3072
+        ours = rate(lambda: [linear_small(x, w, out) for w in weights], flops)
+        blas = rate(lambda: [np.matmul(x, w.T) for w in weights], flops)
+        print(f"{tokens} tokens: numba, one core {ours:.0f} GFLOP/s; OpenBLAS, 2 threads {blas:.0f}")
+
+
+def _model():
+    if not (MODEL / "model.safetensors").exists():
+        sys.path.insert(0, str(Path(__file__).parent))
+        import fixtures
+
+        fixtures.make_klue_model(MODEL)
+    from refimpl import SentenceTransformer
+
+    return SentenceTransformer(MODEL)
+
+
+def _batch(sentences, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(rng.lognormal(np.log(16), 0.45, sentences), 5, 60).astype(int)
+    return rng.integers(5, 1700, lengths.sum()), lengths
+
+
+def mapped():
+    from refimpl import packed
+
+    model = _model()
+    ids, lengths = _batch(32)
+    cu = packed.cu_seqlens_from_lengths(lengths)
+
+    def copy(tree):
+        if isinstance(tree, dict):
+            return {k: copy(v) for k, v in tree.items()}
+        if isinstance(tree, list):
+            return [copy(v) for v in tree]
+        return np.array(tree)
+
+    variants = {"mapped": model.weights, "copied": copy(model.weights)}
+    results = {name: [] for name in variants}
+    for _ in range(5):
+        for name, weights in variants.items():
+            packed.encoder(ids, np.zeros_like(ids), cu, weights, model.config)
+            start = time.perf_counter()
+            for _ in range(3):
+                packed.encoder(ids, np.zeros_like(ids), cu, weights, model.config)
+            results[name].append(3 * lengths.sum() / (time.perf_counter() - start))
+    for name, values in results.items():
+        print(f"{name} weights: median {statistics.median(values):.0f} tokens/s")
+
+
+def tokens():
+    from refimpl import packed
+
+    model = _model()
+    ids, lengths = _batch(512)
+    results = {per: [] for per in (16, 32, 64, 128, 256)}
+    for _ in range(3):
+        for per, values in results.items():
+            start, offset = time.perf_counter(), 0
+            for first in range(0, len(lengths), per):
+                part = lengths[first : first + per]
+                n = part.sum()
+                packed.encoder(ids[offset : offset + n], np.zeros(n, np.int64), packed.cu_seqlens_from_lengths(part), model.weights, model.config)
+                offset += n
+            values.append(lengths.sum() / (time.perf_counter() - start))
+    for per, values in results.items():
+        print(f"{per:4d} sentences per forward (~{int(lengths.mean() * per)} tokens): median {statistics.median(values):.0f} tokens/s")
+
+
+def main():
+    commands = {"orientation": orientation, "split": split, "error-model": error_model, "numba-gemm": numba_gemm,
+                "mapped": mapped, "tokens": tokens}
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", choices=sorted(commands))
+    commands[parser.parse_args().experiment]()
+
+
+if __name__ == "__main__":
+    main()
