@@ -80,7 +80,44 @@ def write_embeddings(embeddings, texts, output: str | None):
         raise SystemExit(f"refimpl: {output}: the output must end in .npy or .jsonl")
 
 
+def cmd_encode_distributed(args):
+    """-i FILE -o OUT.npy on a Dask cluster: resumable partitions (refimpl.dask.encode_file)."""
+    if not args.input or args.input == "-" or args.texts:
+        raise SystemExit("refimpl: --scheduler/--workers need the input as a file: -i FILE")
+    if not args.output or not args.output.endswith(".npy"):
+        raise SystemExit("refimpl: --scheduler/--workers write a .npy file: -o OUT.npy")
+    if not Path(args.input).is_file():
+        raise SystemExit(f"refimpl: {args.input}: no such file")
+    try:
+        from .dask import encode_file, local_cluster
+        from distributed import Client
+    except ImportError:
+        raise SystemExit('refimpl: distributed encoding needs Dask: pip install "refimpl[dask]"') from None
+    model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model  # workers have other cwds
+    model_kwargs = {key: value for key, value in (
+        ("revision", args.revision), ("cache_folder", args.cache_folder), ("local_files_only", args.local_files_only or None),
+        ("dtype", args.dtype if args.dtype != "float32" else None)) if value is not None}
+    if not args.verbose:
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    client = Client(args.scheduler) if args.scheduler else local_cluster(args.workers)
+    try:
+        out = encode_file(args.input, args.output, model, model_kwargs=model_kwargs, client=client,
+                          batch_size=args.batch_size, lines_per_partition=args.partition_lines, progress=args.progress,
+                          normalize_embeddings=args.normalize)
+    finally:
+        cluster = getattr(client, "cluster", None)
+        client.close()
+        if cluster is not None and not args.scheduler:
+            cluster.close()
+    import numpy as np
+
+    shape = np.load(out, mmap_mode="r").shape
+    print(f"{shape[0]} embeddings of dimension {shape[1] if len(shape) > 1 else 0} written to {out}", file=sys.stderr)
+
+
 def cmd_encode(args):
+    if args.scheduler or args.workers:
+        return cmd_encode_distributed(args)
     texts = _inputs(args)
     if args.output and not args.output.endswith((".npy", ".jsonl")) and args.output != "-":
         raise SystemExit(f"refimpl: {args.output}: the output must end in .npy or .jsonl")
@@ -180,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--normalize", action="store_true", help="scale embeddings to unit length")
     encode.add_argument("--batch-size", type=int, default=32)
     encode.add_argument("--progress", action="store_true", help="show a progress bar")
+    distributed = encode.add_argument_group("distributed (Dask; needs refimpl[dask], -i FILE and -o OUT.npy)")
+    distributed.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786")
+    distributed.add_argument("--workers", type=int, metavar="N", help="start a local cluster of N worker processes")
+    distributed.add_argument("--partition-lines", type=int, default=10_000, metavar="N",
+                             help="lines per partition, the unit of resuming (default 10000)")
     _add_model_arguments(encode)
     encode.set_defaults(func=cmd_encode)
 

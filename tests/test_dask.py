@@ -1,0 +1,169 @@
+"""Dask: a LocalCluster of 2 worker processes gives single-process results, loads the model once per
+worker, survives a killed worker, and a resumed file run skips finished partitions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from refimpl import SentenceTransformer
+
+pytest.importorskip("distributed", reason='the Dask tests need `pip install "refimpl[dask]"` (the README test command installs it)')
+
+WORDS = "오늘 날씨가 맑고 바람이 시원하게 분다 내일 아침에는 비가 내릴 예정이다 고양이가 창가에 앉아 있다 English words 123".split()
+
+
+def sentences(count, seed=0):
+    r = np.random.default_rng(seed)
+    return [" ".join(r.choice(WORDS, r.integers(1, 14))) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def client():
+    from refimpl.dask import local_cluster
+
+    client = local_cluster(2)
+    yield client
+    cluster = client.cluster
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def path(tiny_model):
+    return str(tiny_model("roberta"))
+
+
+def test_encode_bag_equals_single_process_encode(client, path):
+    import dask.bag as db
+
+    from refimpl.dask import encode_bag
+
+    texts = sentences(300)
+    bag = db.from_sequence(texts, npartitions=6)
+    array = encode_bag(bag, model=path, batch_size=16)
+    out = array.compute()
+    single = SentenceTransformer(path).encode(texts)
+    print(f"encode_bag vs encode: max |diff| {np.abs(out - single).max():.1e}")
+    assert out.shape == single.shape and out.dtype == single.dtype
+    np.testing.assert_allclose(out, single, rtol=0, atol=1e-6)
+    # the same partition encoded alone in this process gives the same bits
+    first = bag.to_delayed()[0].compute()
+    np.testing.assert_array_equal(out[: len(first)], SentenceTransformer(path).encode(first))
+
+
+def test_encode_dataframe_in_input_order(client, path):
+    import dask.dataframe as dd
+    import pandas as pd
+
+    from refimpl.dask import encode_dataframe
+
+    texts = sentences(120, seed=1)
+    ddf = dd.from_pandas(pd.DataFrame({"id": range(120), "body": texts}), npartitions=4)
+    out = encode_dataframe(ddf, column="body", model=path, normalize_embeddings=True).compute()
+    single = SentenceTransformer(path).encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(out, single, rtol=0, atol=1e-6)
+    with pytest.raises(KeyError, match="no column 'text'"):
+        encode_dataframe(ddf, model=path)
+
+
+def test_the_model_is_loaded_once_per_worker_not_shipped(client, path):
+    import dask.bag as db
+
+    from refimpl.dask import LOADS, encode_bag
+
+    for _ in range(2):
+        encode_bag(db.from_sequence(sentences(200, seed=2), npartitions=8), model=path).compute()
+    loads = client.run(lambda: __import__("refimpl.dask", fromlist=["LOADS"]).LOADS["count"])
+    print(f"models loaded per worker: {loads}")
+    assert all(count <= 1 for count in loads.values()) and sum(loads.values()) >= 1
+    assert LOADS["count"] == 0, "the client never loads the model"
+
+
+def test_threads_never_exceed_the_cores(client):
+    from refimpl.dask import plan_blas_threads
+
+    workers = client.scheduler_info()["workers"].values()
+    threads = sum(w["nthreads"] for w in workers)
+    blas = plan_blas_threads(client)
+    assert threads * blas <= os.cpu_count()
+    print(f"{len(workers)} workers x {threads // len(workers)} thread x {blas} BLAS threads on {os.cpu_count()} cores")
+
+
+def test_int8_is_refused_for_partitions(client, path):
+    import dask.bag as db
+
+    from refimpl.dask import encode_bag
+
+    with pytest.raises(ValueError, match="int8"):
+        encode_bag(db.from_sequence(["a"]), model=path, precision="int8")
+
+
+def write_corpus(path, count, seed):
+    texts = sentences(count, seed)
+    path.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    return texts
+
+
+def test_a_killed_worker_is_recovered(client, path, tmp_path):
+    """Kill a worker process while partitions run: Dask reruns its tasks, the output is complete."""
+    import threading
+
+    from refimpl.dask import encode_file
+
+    texts = write_corpus(tmp_path / "in.txt", 3000, seed=3)
+    pids = client.run(os.getpid)
+    victim = sorted(pids.values())[0]
+    parts_dir = tmp_path / "out.npy.parts"
+
+    def kill_when_running():
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(parts_dir.glob("part-*.npy")):
+            time.sleep(0.05)
+        os.kill(victim, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_when_running)
+    killer.start()
+    out = encode_file(tmp_path / "in.txt", tmp_path / "out.npy", path, client=client, lines_per_partition=100)
+    killer.join()
+    assert victim not in client.run(os.getpid).values(), "the worker should have been killed and replaced"
+    np.testing.assert_allclose(np.load(out), SentenceTransformer(path).encode(texts), rtol=0, atol=1e-6)
+
+
+def test_cli_run_resumes_after_the_client_dies(path, tmp_path):
+    texts = write_corpus(tmp_path / "in.txt", 6000, seed=4)
+    command = [sys.executable, "-m", "refimpl", "encode", "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "out.npy"),
+               "--workers", "2", "--model", path, "--partition-lines", "200"]
+    first = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts_dir = tmp_path / "out.npy.parts"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(parts_dir.glob("part-*.npy"))) < 3:
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)  # the client and its local cluster die mid-run
+    first.wait()
+    manifest = json.loads((parts_dir / "manifest.json").read_text())
+    finished = {int(p.stem.split("-")[1]) for p in parts_dir.glob("part-*.npy")}  # written atomically: all complete
+    assert 0 < len(finished) < len(manifest["ranges"]), "the first run should stop part-way"
+
+    second = subprocess.run(command + ["--progress"], capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert not (parts_dir / "part-000000.npy").exists(), "parts are removed once assembled"
+    out = np.load(tmp_path / "out.npy")
+    np.testing.assert_allclose(out, SentenceTransformer(path).encode(texts), rtol=0, atol=1e-6)
+    manifest = json.loads((parts_dir / "manifest.json").read_text())
+    computed = {int(i): run for i, run in manifest["computed_in_run"].items()}
+    assert manifest["complete"] and manifest["run"] == 2 and set(computed) == set(range(len(manifest["ranges"])))
+    assert all(computed[i] == 1 for i in finished), "a partition finished by the first run was recomputed"
+    assert all(run == 2 for i, run in computed.items() if i not in finished)
+    assert f"Partitions ({len(finished)} already done)" in second.stderr
+    print(f"resumed: {len(finished)} of {len(computed)} partitions kept from the first run")
+    # a third run finds the output complete and does nothing
+    third = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0 and json.loads((parts_dir / "manifest.json").read_text())["run"] == 2
