@@ -26,6 +26,7 @@ from .weights import load_weights, read_safetensors
 logger = logging.getLogger("refimpl")
 
 ENGINES = ("fast", "reference")
+DTYPES = ("float32", "float64")
 # The fast engine runs length-sorted sentences in packs of up to this many tokens (a longer
 # sentence goes alone), whatever batch_size says: BLAS is 5-20% faster at ~2,000 rows than at the
 # ~500 of 32 short sentences (tools/microbench.py tokens), activations stay under ~60 MB for any
@@ -44,7 +45,6 @@ def _token_budget_groups(lengths, budget: int) -> list[slice]:
     if start < len(lengths):
         groups.append(slice(start, len(lengths)))
     return groups
-DTYPES = ("float32", "float64")
 
 
 def read_state(transformer_dir: Path):
@@ -149,7 +149,8 @@ class SentenceTransformer:
             )
         state, self.weights_file = read_state(transformer_dir)
         self.weights = load_weights(state, self.config, self.weights_file, self.dtype)
-        self._lock = threading.Lock()  # numba's workqueue threads are not re-entrant: one forward at a time
+        # forward passes take turns: BLAS already uses every core, two at once would only slow both
+        self._lock = threading.Lock()
         if threads is not None:
             from .threads import set_threads
 
