@@ -121,9 +121,9 @@ PAIRWISE_SIMILARITY = {
 def semantic_search(
     query_embeddings,
     corpus_embeddings,
-    top_k: int = 10,
     query_chunk_size: int = 100,
     corpus_chunk_size: int = 500000,
+    top_k: int = 10,
     score_function: Callable = cos_sim,
 ) -> list[list[dict]]:
     """For each query, the ``top_k`` most similar corpus entries, best first:

@@ -99,13 +99,18 @@ def hf_model(path, dtype=None):
     return model.to(torch.float64) if dtype == "float64" else model
 
 
-KOREAN_SENTENCES = [
-    "한국어 문장 임베딩을 계산하는 테스트입니다.",
-    "고양이는 창가에서 낮잠을 자고 강아지는 마당에서 뛰어논다.",
-    "내일 오전 10시에 3층 회의실에서 Project Kickoff 회의가 있습니다.",
-    "MIXED Case Latin과 한글이 섞인 문장, 그리고 숫자 12345와 3.14159.",
-    "이모지도 들어간다 😀👍🎉 정말 좋아요!",
-    "",
-    "   앞뒤에 공백이 있는 문장   ",
-    "짧다.",
-]
+KOREAN_SENTENCES = builders.TEST_SENTENCES
+
+
+@pytest.fixture(scope="session")
+def path(tiny_model) -> Path:
+    """The default tiny model: a random 3-layer RoBERTa with every parameter randomized."""
+    return tiny_model("roberta")
+
+
+@pytest.fixture(scope="session")
+def model(path):
+    """refimpl on the default tiny model, shared by the tests that only read from it."""
+    from refimpl import SentenceTransformer
+
+    return SentenceTransformer(path)

@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from refimpl import SentenceTransformer
 
 WORDS = "오늘 날씨가 맑고 바람이 시원하게 분다 내일 아침에는 비가 내릴 예정이다 고양이가 창가에 앉아 있다".split()
 
@@ -21,11 +20,6 @@ WORDS = "오늘 날씨가 맑고 바람이 시원하게 분다 내일 아침에�
 def sentences(count, seed=0):
     r = np.random.default_rng(seed)
     return [" ".join(r.choice(WORDS, r.integers(1, 12))) for _ in range(count)]
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model):
-    return SentenceTransformer(tiny_model("roberta"))
 
 
 def test_eight_threads_get_exactly_the_single_threaded_results(model):

@@ -29,16 +29,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def path(tiny_model):
-    return tiny_model("roberta")
-
-
-@pytest.fixture(scope="module")
-def model(path):
-    return SentenceTransformer(path)
-
-
 # --- encode options ---------------------------------------------------------------------------
 
 
@@ -141,6 +131,8 @@ def test_semantic_search_equals_sentence_transformers(chunks):
         assert [[h["corpus_id"] for h in q] for q in ours] == [[h["corpus_id"] for h in q] for q in theirs]
         check_parity(f"semantic_search {function.__name__}", [[h["score"] for h in q] for q in ours], [[h["score"] for h in q] for q in theirs], 1e-5)
     assert len(util.semantic_search(queries, corpus[:3], top_k=10)[0]) == 3
+    # positional arguments in sentence-transformers' order: query_chunk_size, corpus_chunk_size, top_k
+    assert util.semantic_search(queries, corpus, 2, 7, 4) == util.semantic_search(queries, corpus, query_chunk_size=2, corpus_chunk_size=7, top_k=4)
 
 
 # --- tokens, progress, the generator ------------------------------------------------------------

@@ -37,16 +37,6 @@ STRINGS = {
 }
 
 
-@pytest.fixture(scope="module")
-def path(tiny_model):
-    return tiny_model("roberta")
-
-
-@pytest.fixture(scope="module")
-def model(path):
-    return SentenceTransformer(path)
-
-
 @pytest.mark.parametrize("name", list(STRINGS))
 def test_any_string_is_embedded_as_sentence_transformers_embeds_it(model, path, name):
     text = STRINGS[name]

@@ -52,6 +52,19 @@ KLUE_CONFIG = {
 }
 
 
+# Sentences the parity checks embed: Korean, mixed-case Latin, digits, emoji, empty, outer spaces.
+TEST_SENTENCES = [
+    "한국어 문장 임베딩을 계산하는 테스트입니다.",
+    "고양이는 창가에서 낮잠을 자고 강아지는 마당에서 뛰어논다.",
+    "내일 오전 10시에 3층 회의실에서 Project Kickoff 회의가 있습니다.",
+    "MIXED Case Latin과 한글이 섞인 문장, 그리고 숫자 12345와 3.14159.",
+    "이모지도 들어간다 😀👍🎉 정말 좋아요!",
+    "",
+    "   앞뒤에 공백이 있는 문장   ",
+    "짧다.",
+]
+
+
 def corpus_lines() -> list[str]:
     lines = [line.strip() for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
     return lines + [line.lower() for line in lines]

@@ -20,16 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 import fixtures  # noqa: E402
 
-SENTENCES = [
-    "한국어 문장 임베딩을 계산하는 테스트입니다.",
-    "고양이는 창가에서 낮잠을 자고 강아지는 마당에서 뛰어논다.",
-    "내일 오전 10시에 3층 회의실에서 Project Kickoff 회의가 있습니다.",
-    "MIXED Case Latin과 한글이 섞인 문장, 그리고 숫자 12345와 3.14159.",
-    "이모지도 들어간다 😀👍🎉 정말 좋아요!",
-    "",
-    "짧다.",
-    " ".join(fixtures.corpus_lines()[:40]),  # longer than 512 tokens: truncated
-]
+SENTENCES = fixtures.TEST_SENTENCES + [" ".join(fixtures.corpus_lines()[:40])]  # the last one is truncated at 512
 
 
 def st_encode(path, dtype=None):
