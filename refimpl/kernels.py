@@ -2,15 +2,15 @@
 
 Matrix products go to NumPy's BLAS; these kernels do the elementwise and
 normalisation work around them in one pass over memory each (bias + GELU,
-bias + residual + LayerNorm, embeddings + LayerNorm, attention per sequence,
+bias + residual + LayerNorm, embeddings + LayerNorm, attention's softmax,
 pooling). Each has a plain NumPy counterpart in ``forward.py`` or
 ``pooling.py`` and ``tests/test_kernels.py`` checks that both agree.
 
 Conventions:
 - Kernels are single-threaded and release the GIL (``nogil``). BLAS owns the
   cores: numba's worker threads spin after each parallel region and would steal
-  the cores from OpenBLAS's threads (measured: 792 -> 1,340 tokens/s on 2 cores
-  when the kernels stopped using ``prange``; docs/performance.md).
+  the cores from OpenBLAS's threads (739 -> 1,268 tokens/s on 2 cores when the
+  kernels stopped using ``prange``; docs/performance.md).
 - Kernels are dtype-generic (float32 or float64) and take their scalar
   constants (``eps``, ``1/n``, the attention scale) as arguments already cast to
   the array's dtype by the caller, so float32 math stays float32.
@@ -20,8 +20,8 @@ Conventions:
   and FMAs); NaN and infinity keep their IEEE meaning.
 - ``error_model="numpy"``: a division is the IEEE one. numba's default puts a
   zero-divisor check (raising ZeroDivisionError) in front of every division,
-  and that branch alone stops LLVM from vectorising a loop (GELU: 2.2 -> 0.3 ns
-  per element). No kernel here divides by zero: LayerNorm adds eps, softmax
+  and that branch alone stops LLVM from vectorising a loop (GELU: 3.5 -> 0.5 ns
+  per element; tools/microbench.py error-model). No kernel here divides by zero: LayerNorm adds eps, softmax
   sums are >= 1, pooling clamps its counts.
 """
 
@@ -87,7 +87,7 @@ def erf_exact(x, out):
 
 
 def gelu(y):
-    """GELU of one float: x/2 (1 + erf(x / sqrt 2)). Compiled per dtype (see the overload)."""
+    """GELU of one float: y/2 (1 + erf(y / sqrt 2)). Compiled per dtype (see the overload)."""
     return 0.5 * y * (1.0 + math.erf(y / math.sqrt(2.0)))
 
 
