@@ -6,6 +6,7 @@
     python tools/microbench.py numba-gemm     # a register-blocked numba matrix product for small batches
     python tools/microbench.py mapped         # the forward pass on mmap'd against copied weights
     python tools/microbench.py tokens         # tokens/s by sentences per forward pass
+    python tools/microbench.py numba-rss      # what importing numba and loading a kernel add to RSS
 
 Run on an idle machine; each prints its measurements.
 """
@@ -186,9 +187,39 @@ def tokens():
         print(f"{per:4d} sentences per forward (~{int(lengths.mean() * per)} tokens): median {statistics.median(values):.0f} tokens/s")
 
 
+def numba_rss():
+    def rss_by_mapping():
+        total, mappings, current = 0, {}, "[anonymous]"
+        with open("/proc/self/smaps") as smaps:
+            for line in smaps:
+                fields = line.split()
+                if "-" in fields[0] and len(fields) >= 5:
+                    current = fields[5] if len(fields) >= 6 else "[anonymous]"
+                elif fields[0] == "Rss:":
+                    kib = int(fields[1])
+                    total += kib
+                    mappings[current] = mappings.get(current, 0) + kib
+        return total / 1024, mappings
+
+    before, _ = rss_by_mapping()
+    import numba  # noqa: F401
+
+    imported, mappings = rss_by_mapping()
+    llvm = sum(kib for name, kib in mappings.items() if "llvmlite" in name) / 1024
+    from refimpl import kernels
+
+    h = np.ones((4, 8), np.float32)
+    kernels.bias_gelu(h, np.ones(8, np.float32))
+    loaded, mappings = rss_by_mapping()
+    llvm_loaded = sum(kib for name, kib in mappings.items() if "llvmlite" in name) / 1024
+    print(f"RSS with NumPy {before:.0f} MiB; importing numba adds {imported - before:.0f} MiB "
+          f"({llvm:.0f} MiB of pages of libllvmlite.so); the first cached kernel adds {loaded - imported:.0f} MiB "
+          f"(libllvmlite.so pages now {llvm_loaded:.0f} MiB); in all {loaded - before:.0f} MiB")
+
+
 def main():
     commands = {"orientation": orientation, "split": split, "error-model": error_model, "numba-gemm": numba_gemm,
-                "mapped": mapped, "tokens": tokens}
+                "mapped": mapped, "tokens": tokens, "numba-rss": numba_rss}
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=sorted(commands))
     commands[parser.parse_args().experiment]()
