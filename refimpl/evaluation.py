@@ -20,9 +20,6 @@ import numpy as np
 
 from .util import PAIRWISE_SIMILARITY
 
-METRIC_KEYS = [f"{name}_{kind}" for name in ("cosine", "euclidean", "manhattan", "dot") for kind in ("pearson", "spearman")]
-
-
 def pearson(x, y) -> float:
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if len(x) != len(y) or len(x) < 2:

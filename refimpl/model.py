@@ -139,7 +139,7 @@ class SentenceTransformer:
         backend = load_backend(transformer_dir)
         self._tokenizer = TextTokenizer(
             backend, max_length=max_length, lowercase=sbert.do_lower_case,
-            pad_token_id=self.config.pad_token_id, source=transformer_dir,
+            pad_token_id=self.config.pad_token_id,
         )
         if self._tokenizer.vocab_size() > self.config.vocab_size:
             raise ModelFileError(

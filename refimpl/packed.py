@@ -14,11 +14,7 @@ import numpy as np
 
 from . import kernels
 from .config import EncoderConfig
-
-
-def cu_seqlens_from_lengths(lengths) -> np.ndarray:
-    """[3, 1, 2] -> [0, 3, 4, 6]: where each sequence starts in the packed tokens."""
-    return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
+from .tokenizer import cu_seqlens_from_lengths  # noqa: F401  (part of this module's vocabulary)
 
 
 def packed_position_ids(input_ids, cu_seqlens, config: EncoderConfig) -> np.ndarray:

@@ -20,6 +20,11 @@ from .errors import ModelFileError
 from .files import read_json
 
 
+def cu_seqlens_from_lengths(lengths) -> np.ndarray:
+    """[3, 1, 2] -> [0, 3, 4, 6]: where each sequence starts in the packed tokens."""
+    return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
+
+
 @dataclass
 class Encoded:
     """Token ids of a list of texts, unpadded: sequence b is ids[cu_seqlens[b]:cu_seqlens[b + 1]]."""
@@ -31,7 +36,7 @@ class Encoded:
 
     @property
     def cu_seqlens(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        return cu_seqlens_from_lengths(self.lengths)
 
     def select(self, indices) -> "Encoded":
         """The sequences at ``indices``, in that order, packed again."""
@@ -123,20 +128,18 @@ def load_backend(directory: Path):
 class TextTokenizer:
     """Turns strings into ``Encoded`` ids the way sentence-transformers' Transformer module does."""
 
-    def __init__(self, backend, *, max_length: int, lowercase: bool, pad_token_id: int, source: Path):
+    def __init__(self, backend, *, max_length: int, lowercase: bool, pad_token_id: int):
         from tokenizers import normalizers
 
         self.backend = backend
         self.max_length = max_length
-        self.source = source
-        spec = json.loads(backend.to_str())
-        if lowercase and not _lowercases(spec.get("normalizer")):
-            existing = backend.normalizer
+        existing = backend.normalizer
+        spec = json.loads(existing.__getstate__()) if existing is not None else None  # its tokenizer.json form
+        if lowercase and not _lowercases(spec):
             steps = [normalizers.Lowercase()] + ([existing] if existing is not None else [])
             backend.normalizer = normalizers.Sequence(steps)
         backend.no_padding()
         self.set_max_length(max_length)
-        self.special_tokens = backend.num_special_tokens_to_add(False)
         self._untruncated = None
         pad_token = backend.id_to_token(pad_token_id)
         self.pad_token_id = pad_token_id if pad_token is not None else 0
@@ -168,10 +171,6 @@ class TextTokenizer:
         type_ids = np.fromiter((i for e in encodings for i in e.type_ids), np.int64, int(lengths.sum()))
         truncated = np.fromiter((bool(e.overflowing) for e in encodings), bool, len(encodings))
         return Encoded(input_ids, type_ids, lengths, truncated)
-
-    def tokenize(self, text: str) -> list[str]:
-        """The tokens of one text, special tokens included, as the model sees them."""
-        return self.backend.encode(text.strip()).tokens
 
     def count_tokens(self, texts: list[str]) -> np.ndarray:
         """Tokens per text before truncation, special tokens included."""

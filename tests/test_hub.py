@@ -7,7 +7,7 @@ import pytest
 
 from conftest import builders
 from refimpl import DEFAULT_MODEL, SentenceTransformer
-from refimpl.errors import ModelNotFoundError
+from refimpl.errors import ModelFileError, ModelNotFoundError
 from refimpl.files import HUB_CONFIG_PATTERNS
 
 REPO = "refimpl-test/tiny-roberta"
@@ -93,7 +93,7 @@ def test_download_asks_only_for_the_files_refimpl_reads(tmp_path, tiny_model, mo
 
     (snapshot / "model.safetensors").unlink()
     calls.clear()
-    with pytest.raises(Exception):
+    with pytest.raises(ModelFileError, match="model.safetensors: file is missing"):
         SentenceTransformer("org/name")  # no weights at all in the fake snapshot
     assert [c[1]["allow_patterns"] for c in calls] == [HUB_CONFIG_PATTERNS + ["model.safetensors"], ["pytorch_model.bin"]]
 

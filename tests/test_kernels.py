@@ -109,7 +109,7 @@ def test_embeddings_layer_norm_matches_numpy(dtype, model_type):
     types = [r.integers(0, 2, n) for n in lengths]
     cu = packed.cu_seqlens_from_lengths(lengths)
     fused = packed.embeddings(np.concatenate(ids), np.concatenate(types), cu, w, cfg)
-    for b, n in enumerate(lengths):
+    for b in range(len(lengths)):
         expected = forward.embeddings(ids[b][None], types[b][None], w, cfg)[0]
         check_parity(f"embeddings seq {b}", fused[cu[b] : cu[b + 1]], expected, TOL[dtype])
 

@@ -3,7 +3,6 @@ without running anything, and `refimpl convert`."""
 
 from __future__ import annotations
 
-import io
 import pickle
 import shutil
 import subprocess

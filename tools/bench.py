@@ -369,8 +369,6 @@ def ratio(a, b):
 
 
 def run(args):
-    import numpy as np
-
     busy_before = warn_if_busy()
     model_dir = prepare_model(args.model)
     weight_mb = (model_dir / "model.safetensors").stat().st_size / 2**20
@@ -445,7 +443,7 @@ def render(results, data, gemm, weight_mb, baseline_rss, threads, repeats, busy_
         f"| (e) peak RSS after (b), MiB | {r['b_peak_rss']:.0f} | {s['b_peak_rss']:.0f} | {o['b_peak_rss']:.0f} | | |",
         f"| (e) peak RSS of a cold start (d), MiB | {r['cold']['peak_rss']:.0f} | {s['cold']['peak_rss']:.0f} | {o['cold']['peak_rss']:.0f} | | |",
         "",
-        f"Ratios: for throughput, how many times faster refimpl is; for latency and start-up, refimpl's time as a fraction of the other's.",
+        "Ratios: for throughput, how many times faster refimpl is; for latency and start-up, refimpl's time as a fraction of the other's.",
         "",
         f"- Weight file {weight_mb:.0f} MiB; refimpl's peak RSS on (a) is {r['a_peak_rss'] / weight_mb:.2f}x the weight file.",
         f"- A bare interpreter is {baseline_rss:.0f} MiB; refimpl after load, before the first call, is {r['rss_after_load'] - baseline_rss:.0f} MiB above it.",
