@@ -27,7 +27,8 @@ def _add_model_arguments(parser):
     group.add_argument("--cache-folder", help="Hugging Face cache directory")
     group.add_argument("--local-files-only", action="store_true", help="never contact the Hub (also: HF_HUB_OFFLINE=1)")
     group.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    group.add_argument("--threads", type=int, help="threads for BLAS and kernels (default: all cores)")
+    group.add_argument("--threads", type=int,
+                       help="BLAS threads for the matrix products (default: all cores); the numba kernels run on one")
 
 
 def load_model(args):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ModelFileError
-from .files import read_json
+from .files import read_json, read_json_object
 
 # RoBERTa-style models offset positions by padding_idx + 1 (RobertaEmbeddings);
 # XLM-RoBERTa uses the same embedding code.
@@ -74,9 +74,7 @@ class EncoderConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> "EncoderConfig":
-        cfg = read_json(path)
-        if not isinstance(cfg, dict):
-            raise ModelFileError(path, "must be a JSON object")
+        cfg = read_json_object(path)
         model_type = cfg.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ModelFileError(
@@ -147,9 +145,7 @@ class PoolingConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> "PoolingConfig":
-        cfg = read_json(path)
-        if not isinstance(cfg, dict):
-            raise ModelFileError(path, "must be a JSON object")
+        cfg = read_json_object(path)
         if "pooling_mode" in cfg:  # sentence-transformers >= 6
             modes = cfg["pooling_mode"]
             modes = (modes,) if isinstance(modes, str) else tuple(modes) if isinstance(modes, list) else None
@@ -182,11 +178,9 @@ class SentenceBertConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> "SentenceBertConfig":
-        cfg = read_json(path, required=False)
+        cfg = read_json_object(path, required=False)
         if cfg is None:
             return cls()
-        if not isinstance(cfg, dict):
-            raise ModelFileError(path, "must be a JSON object")
         max_seq_length = cfg.get("max_seq_length")
         if max_seq_length is not None:
             max_seq_length = _get(cfg, "max_seq_length", path, int, minimum=1)
@@ -194,9 +188,6 @@ class SentenceBertConfig:
         if not isinstance(do_lower_case, bool):
             raise ModelFileError(path, f"key 'do_lower_case' must be true or false, got {do_lower_case!r}")
         return cls(max_seq_length, do_lower_case)
-
-
-SIMILARITY_FUNCTIONS = ("cosine", "dot", "euclidean", "manhattan")
 
 
 @dataclass(frozen=True)
@@ -209,21 +200,33 @@ class SentenceTransformerConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> "SentenceTransformerConfig":
-        cfg = read_json(path, required=False)
+        cfg = read_json_object(path, required=False)
         if cfg is None:
             return cls()
-        if not isinstance(cfg, dict):
-            raise ModelFileError(path, "must be a JSON object")
         prompts = cfg.get("prompts") or {}
         if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
             raise ModelFileError(path, f"'prompts' must map names to strings, got {prompts!r}")
         default = cfg.get("default_prompt_name")
         if default is not None and default not in prompts:
             raise ModelFileError(path, f"default_prompt_name {default!r} is not one of the prompts {sorted(prompts)}")
+        from .util import SIMILARITY
+
         similarity = cfg.get("similarity_fn_name")
-        if similarity is not None and similarity not in SIMILARITY_FUNCTIONS:
-            raise ModelFileError(path, f"similarity_fn_name {similarity!r} is not one of {SIMILARITY_FUNCTIONS}")
+        if similarity is not None and similarity not in SIMILARITY:
+            raise ModelFileError(path, f"similarity_fn_name {similarity!r} is not one of {tuple(SIMILARITY)}")
         return cls(dict(prompts), default, similarity)
+
+
+def resolve_prompt(prompts: dict, default_prompt_name, prompt, prompt_name) -> str | None:
+    """The prompt text encode uses: ``prompt`` itself, else ``prompts[prompt_name]``, else the default's."""
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        return prompt
+    name = prompt_name if prompt_name is not None else default_prompt_name
+    if name is not None and name not in prompts:
+        raise ValueError(f"prompt_name {name!r} is not one of this model's prompts: {sorted(prompts)}")
+    return None if name is None else prompts[name]
 
 
 def tokenizer_model_max_length(path: Path) -> int | None:

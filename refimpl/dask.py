@@ -28,9 +28,8 @@ import numpy as np
 
 from .files import DEFAULT_MODEL
 
-_MODELS: dict = {}
+_MODELS: dict = {}  # this process's loaded models, by model and options
 _LOCK = threading.Lock()
-LOADS = {"count": 0}  # models loaded by this process (tests check "once per worker")
 
 
 def _key(model, model_kwargs) -> str:
@@ -48,16 +47,13 @@ def worker_model(model=DEFAULT_MODEL, model_kwargs=None, blas_threads=None):
             if blas_threads:
                 set_threads(blas_threads)
             _MODELS[key] = SentenceTransformer(model, **(model_kwargs or {}))
-            LOADS["count"] += 1
         return _MODELS[key]
 
 
 def _check_encode_kwargs(encode_kwargs):
-    if encode_kwargs.get("precision", "float32") in ("int8", "uint8"):
-        raise ValueError("int8/uint8 ranges would differ between partitions; quantize the float embeddings "
-                         "afterwards with refimpl.quantization.quantize_embeddings(..., ranges=...)")
-    if encode_kwargs.get("output_value", "sentence_embedding") != "sentence_embedding":
-        raise ValueError("only sentence embeddings can be assembled into one array")
+    from .checks import streamable_encode_kwargs
+
+    streamable_encode_kwargs(encode_kwargs, "between partitions")
 
 
 def encode_texts(texts, model, model_kwargs=None, blas_threads=None, batch_size=32, encode_kwargs=None) -> np.ndarray:
@@ -204,43 +200,58 @@ def encode_file(
     the partitions) and one ``part-NNNNNN.npy`` per finished partition. A rerun with the same
     input, model and options skips finished partitions; the parts are assembled into the output
     through a memory map at the end, then removed."""
-    from distributed import as_completed
-
     _check_encode_kwargs(encode_kwargs)
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.suffix != ".npy":
         raise ValueError(f"{output_path}: the output of a distributed run must be a .npy file")
     parts_dir = output_path.with_name(output_path.name + ".parts")
-    manifest_file = parts_dir / "manifest.json"
     fingerprint = _fingerprint(input_path, lines_per_partition, model, model_kwargs, encode_kwargs)
+    manifest = _open_manifest(parts_dir, fingerprint, input_path, lines_per_partition)
+    if manifest.get("complete") and output_path.exists():
+        return output_path
+    part_files = [parts_dir / f"part-{i:06d}.npy" for i in range(len(manifest["ranges"]))]
+    _run_partitions(client, manifest, parts_dir, part_files, input_path, model, model_kwargs, batch_size, encode_kwargs, progress)
+    _assemble(part_files, output_path)
+    manifest["complete"] = True
+    _write_json(parts_dir / "manifest.json", manifest)
+    for part in part_files + list(parts_dir.glob(".part-*.tmp-*")):  # temporaries of killed workers too
+        part.unlink(missing_ok=True)
+    return output_path
+
+
+def _open_manifest(parts_dir: Path, fingerprint: dict, input_path: Path, lines_per_partition: int) -> dict:
+    """The manifest of an unfinished run with this fingerprint, or a new one; a mismatch is refused."""
+    manifest_file = parts_dir / "manifest.json"
     if manifest_file.exists():
         manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
         if manifest["fingerprint"] != fingerprint:
             raise ValueError(f"{parts_dir} holds an unfinished run for another input, model or options; "
                              "remove it or choose another output")
-        if manifest.get("complete") and output_path.exists():
-            return output_path
-    else:
-        parts_dir.mkdir(parents=True, exist_ok=True)
-        manifest = {"fingerprint": fingerprint, "ranges": line_ranges(input_path, lines_per_partition), "rows": {},
-                    "run": 0, "computed_in_run": {}}
+        return manifest
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    return {"fingerprint": fingerprint, "ranges": line_ranges(input_path, lines_per_partition), "rows": {},
+            "run": 0, "computed_in_run": {}}
+
+
+def _run_partitions(client, manifest, parts_dir, part_files, input_path, model, model_kwargs, batch_size, encode_kwargs, progress):
+    """Compute the partitions that have no finished part file, recording each in the manifest."""
+    from distributed import as_completed
+
+    manifest_file = parts_dir / "manifest.json"
     manifest["run"] += 1  # which run computed each partition stays on record (computed_in_run)
     _write_json(manifest_file, manifest)
     ranges = manifest["ranges"]
-    part_files = [parts_dir / f"part-{i:06d}.npy" for i in range(len(ranges))]
     # a part file is written atomically, so one with the right row count is finished, recorded or
     # not (the client may have died between a task's end and the manifest's update)
     rows = {i: lines for i, (_, _, lines) in enumerate(ranges) if _valid_part(part_files[i]) == lines}
     for i in rows:
         manifest["computed_in_run"].setdefault(str(i), manifest["run"] - 1)
-    todo = [i for i in range(len(ranges)) if i not in rows]
-
     blas = plan_blas_threads(client)
+    key = manifest["fingerprint"]["head_sha256"][:12]
     futures = {
         client.submit(encode_file_part, str(input_path.resolve()), start, end, str(part_files[i].resolve()), model,
-                      model_kwargs, blas, batch_size, encode_kwargs, key=f"refimpl-part-{fingerprint['head_sha256'][:12]}-{i}",
-                      retries=2): i
-        for i, (start, end, _) in ((i, ranges[i]) for i in todo)
+                      model_kwargs, blas, batch_size, encode_kwargs, key=f"refimpl-part-{key}-{i}", retries=2): i
+        for i, (start, end, _) in enumerate(ranges) if i not in rows
     }
     done = as_completed(futures)
     if progress:
@@ -254,8 +265,11 @@ def encode_file(
         manifest["computed_in_run"][str(index)] = manifest["run"]
         _write_json(manifest_file, manifest)
 
-    first = np.load(part_files[0], mmap_mode="r") if ranges else np.empty((0, 0), np.float32)
-    total = sum(rows[i] for i in range(len(ranges)))
+
+def _assemble(part_files: list[Path], output_path: Path):
+    """Concatenate the parts into the output through a memory map, written to a temporary and renamed."""
+    first = np.load(part_files[0], mmap_mode="r") if part_files else np.empty((0, 0), np.float32)
+    total = sum(np.load(part, mmap_mode="r").shape[0] for part in part_files)
     temporary = output_path.with_name(output_path.name + ".tmp.npy")
     out = np.lib.format.open_memmap(temporary, mode="w+", dtype=first.dtype, shape=(total,) + first.shape[1:])
     offset = 0
@@ -266,11 +280,6 @@ def encode_file(
     out.flush()
     del out
     os.replace(temporary, output_path)
-    manifest["complete"] = True
-    _write_json(manifest_file, manifest)
-    for part in part_files + list(parts_dir.glob(".part-*.tmp-*")):  # temporaries of killed workers too
-        part.unlink(missing_ok=True)
-    return output_path
 
 
 def local_cluster(workers: int):

@@ -134,6 +134,14 @@ def read_json(path: Path, *, required: bool = True):
         raise ModelFileError(path, f"malformed JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
 
 
+def read_json_object(path: Path, *, required: bool = True) -> dict | None:
+    """read_json for files that must hold one JSON object (None when optional and missing)."""
+    data = read_json(path, required=required)
+    if data is not None and not isinstance(data, dict):
+        raise ModelFileError(path, "must be a JSON object")
+    return data
+
+
 @dataclass(frozen=True)
 class Module:
     """One entry of modules.json: its kind and the directory holding its files."""

@@ -9,8 +9,7 @@ pooling). Each has a plain NumPy counterpart in ``forward.py`` or
 Conventions:
 - Kernels are single-threaded and release the GIL (``nogil``). BLAS owns the
   cores: numba's worker threads spin after each parallel region and would steal
-  the cores from OpenBLAS's threads (739 -> 1,268 tokens/s on 2 cores when the
-  kernels stopped using ``prange``; docs/performance.md).
+  the cores from OpenBLAS's threads (docs/performance.md measures the difference).
 - Kernels are dtype-generic (float32 or float64) and take their scalar
   constants (``eps``, ``1/n``, the attention scale) as arguments already cast to
   the array's dtype by the caller, so float32 math stays float32.
@@ -20,9 +19,9 @@ Conventions:
   and FMAs); NaN and infinity keep their IEEE meaning.
 - ``error_model="numpy"``: a division is the IEEE one. numba's default puts a
   zero-divisor check (raising ZeroDivisionError) in front of every division,
-  and that branch alone stops LLVM from vectorising a loop (GELU: 3.5 -> 0.5 ns
-  per element; tools/microbench.py error-model). No kernel here divides by zero: LayerNorm adds eps, softmax
-  sums are >= 1, pooling clamps its counts.
+  and that branch alone stops LLVM from vectorising a loop (measured by
+  ``python -m tools.microbench error-model``, docs/performance.md). No kernel here
+  divides by zero: LayerNorm adds eps, softmax sums are >= 1, pooling clamps its counts.
 """
 
 from __future__ import annotations
@@ -78,17 +77,15 @@ def erf_rational_f32(x):
     return x * p / q
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def erf_exact(x, out):
-    """out = erf(x) elementwise with libm's erf (NumPy has no erf); any shape, flat loop."""
-    xf, of = x.reshape(-1), out.reshape(-1)
-    for i in range(xf.size):
-        of[i] = math.erf(xf[i])
+@inline_kernel
+def gelu_erf(y):
+    """transformers' exact GELU, y/2 (1 + erf(y / sqrt 2)), with libm's erf (the float64 mode)."""
+    return 0.5 * y * (1.0 + math.erf(y / math.sqrt(2.0)))
 
 
 def gelu(y):
-    """GELU of one float: y/2 (1 + erf(y / sqrt 2)). Compiled per dtype (see the overload)."""
-    return 0.5 * y * (1.0 + math.erf(y / math.sqrt(2.0)))
+    """GELU of one float inside a kernel, compiled per dtype (see the overload below)."""
+    return gelu_erf(y)
 
 
 @overload(gelu, inline="always", jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
@@ -100,11 +97,7 @@ def _gelu_by_dtype(y):
             return half * y * (one + erf_rational_f32(y * inv_sqrt2))
 
         return gelu_f32
-
-    def gelu_exact(y):  # float64 verification mode: libm's erf
-        return 0.5 * y * (1.0 + math.erf(y / math.sqrt(2.0)))
-
-    return gelu_exact
+    return lambda y: gelu_erf(y)
 
 
 @kernel
@@ -215,14 +208,14 @@ def softmax_rows(scores, scale):
 
 
 @kernel
-def mean_pool_packed(x, starts, stops, sqrt_len, out):
-    """out[b] = sum(x[starts[b]:stops[b]]) / max(count, 1e-9), or / sqrt(that) when sqrt_len."""
+def mean_pool_packed(x, starts, stops, sqrt_len, clamp, out):
+    """out[b] = sum(x[starts[b]:stops[b]]) / max(count, clamp), or / sqrt(that) when sqrt_len."""
     for b in range(starts.shape[0]):
         acc = out[b]
         acc[:] = 0
         for i in range(starts[b], stops[b]):
             acc += x[i]
-        count = max(float(stops[b] - starts[b]), 1e-9)
+        count = max(float(stops[b] - starts[b]), clamp)
         denominator = math.sqrt(count) if sqrt_len else count
         for j in range(acc.shape[0]):
             acc[j] = acc[j] / denominator

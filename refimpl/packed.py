@@ -14,7 +14,6 @@ import numpy as np
 
 from . import kernels
 from .config import EncoderConfig
-from .tokenizer import cu_seqlens_from_lengths  # noqa: F401  (part of this module's vocabulary)
 
 
 def packed_position_ids(input_ids, cu_seqlens, config: EncoderConfig) -> np.ndarray:
@@ -48,8 +47,8 @@ def embeddings(input_ids, token_type_ids, cu_seqlens, w, config: EncoderConfig):
 
 
 # Below this many tokens, OpenBLAS is faster computing (W x^T)^T than x W^T: it repacks the
-# weight on every call, and the transposed problem packs it better (measured: 85 vs 61 GFLOP/s
-# at 16 tokens, equal at 96; docs/performance.md). Batch-1 latency lives here.
+# weight on every call, and the transposed problem packs it better (docs/performance.md has
+# the measurement). Batch-1 latency lives here.
 SMALL_BATCH_TOKENS = 96
 
 

@@ -73,7 +73,7 @@ def pool_packed(x, cu_seqlens, modes, prompt_length=0):
         elif mode == "max":
             kernels.max_pool_packed(x, kept, stops, out)
         elif mode in ("mean", "mean_sqrt_len_tokens"):
-            kernels.mean_pool_packed(x, kept, stops, mode == "mean_sqrt_len_tokens", out)
+            kernels.mean_pool_packed(x, kept, stops, mode == "mean_sqrt_len_tokens", CLAMP, out)
         elif mode == "weightedmean":
             sequence = np.repeat(np.arange(B), lengths)
             positions = np.arange(len(x)) - starts[sequence] + 1  # 1-based position in its sentence
@@ -90,6 +90,7 @@ def pool_packed(x, cu_seqlens, modes, prompt_length=0):
 
 
 def normalize(x, eps=1e-12):
-    """torch.nn.functional.normalize(p=2): x / max(||x||, eps), row by row."""
+    """torch.nn.functional.normalize(p=2): x / max(||x||, eps), row by row (the Normalize module,
+    ``normalize_embeddings=True`` and ``util.normalize_embeddings`` all use this one)."""
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(norms, x.dtype.type(eps))

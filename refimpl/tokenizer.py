@@ -11,50 +11,14 @@ the special tokens, and no padding (the fast path packs sequences instead).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .batch import Encoded
+from .checks import positive_int
 from .errors import ModelFileError
-from .files import read_json
-
-
-def cu_seqlens_from_lengths(lengths) -> np.ndarray:
-    """[3, 1, 2] -> [0, 3, 4, 6]: where each sequence starts in the packed tokens."""
-    return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
-
-
-@dataclass
-class Encoded:
-    """Token ids of a list of texts, unpadded: sequence b is ids[cu_seqlens[b]:cu_seqlens[b + 1]]."""
-
-    input_ids: np.ndarray  # [N] int64, all sequences concatenated
-    token_type_ids: np.ndarray  # [N] int64
-    lengths: np.ndarray  # [B] int64
-    truncated: np.ndarray  # [B] bool: the text had more tokens than max_length
-
-    @property
-    def cu_seqlens(self) -> np.ndarray:
-        return cu_seqlens_from_lengths(self.lengths)
-
-    def select(self, indices) -> "Encoded":
-        """The sequences at ``indices``, in that order, packed again."""
-        cu = self.cu_seqlens
-        rows = np.concatenate([np.arange(cu[i], cu[i + 1]) for i in indices]) if len(indices) else np.empty(0, np.int64)
-        return Encoded(self.input_ids[rows], self.token_type_ids[rows], self.lengths[indices], self.truncated[indices])
-
-    def padded(self, pad_id: int):
-        """{input_ids, attention_mask, token_type_ids} as [B, T] arrays, right-padded like a transformers batch."""
-        B, T = len(self.lengths), int(self.lengths.max(initial=0))
-        ids = np.full((B, T), pad_id, np.int64)
-        types = np.zeros((B, T), np.int64)
-        mask = np.zeros((B, T), np.int64)
-        for b, (start, length) in enumerate(zip(self.cu_seqlens[:-1], self.lengths)):
-            ids[b, :length] = self.input_ids[start : start + length]
-            types[b, :length] = self.token_type_ids[start : start + length]
-            mask[b, :length] = 1
-        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+from .files import read_json_object
 
 
 def _lowercases(normalizer: dict | None) -> bool:
@@ -77,9 +41,7 @@ def _wordpiece_from_vocab(directory: Path):
 
     vocab_file = directory / "vocab.txt"
     config_file = directory / "tokenizer_config.json"
-    config = read_json(config_file, required=False) or {}
-    if not isinstance(config, dict):
-        raise ModelFileError(config_file, "must be a JSON object")
+    config = read_json_object(config_file, required=False) or {}
     try:
         lines = vocab_file.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
@@ -145,9 +107,7 @@ class TextTokenizer:
         self.pad_token_id = pad_token_id if pad_token is not None else 0
 
     def set_max_length(self, max_length: int):
-        if not isinstance(max_length, (int, np.integer)) or isinstance(max_length, bool) or max_length < 1:
-            raise ValueError(f"max_seq_length must be a positive integer, got {max_length!r}")
-        self.max_length = int(max_length)
+        self.max_length = positive_int("max_seq_length", max_length)
         self.backend.enable_truncation(self.max_length, strategy="longest_first", direction="right")
 
     def vocab_size(self) -> int:
@@ -161,8 +121,7 @@ class TextTokenizer:
         if len(texts) <= self.SLICE:
             return self._encode_slice(texts)
         parts = [self._encode_slice(texts[start : start + self.SLICE]) for start in range(0, len(texts), self.SLICE)]
-        return Encoded(*(np.concatenate([getattr(p, field) for p in parts])
-                         for field in ("input_ids", "token_type_ids", "lengths", "truncated")))
+        return Encoded.concatenate(parts)
 
     def _encode_slice(self, texts: list[str]) -> Encoded:
         encodings = self.backend.encode_batch([text.strip() for text in texts], add_special_tokens=True)

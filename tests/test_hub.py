@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import builders
+from conftest import TEXTS, builders
 from refimpl import DEFAULT_MODEL, SentenceTransformer
 from refimpl.errors import ModelFileError, ModelNotFoundError
 from refimpl.files import HUB_CONFIG_PATTERNS
 
 REPO = "refimpl-test/tiny-roberta"
-TEXTS = ["첫 번째 문장입니다.", "두 번째 문장."]
 
 
 @pytest.fixture()

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import check_parity
 from refimpl import forward, kernels, packed, pooling
+from refimpl.batch import cu_seqlens_from_lengths
 from refimpl.config import EncoderConfig
 
 DTYPES = [np.float32, np.float64]
@@ -107,7 +108,7 @@ def test_embeddings_layer_norm_matches_numpy(dtype, model_type):
     lengths = [5, 1, 9]
     ids = [r.integers(2, 50, n) for n in lengths]
     types = [r.integers(0, 2, n) for n in lengths]
-    cu = packed.cu_seqlens_from_lengths(lengths)
+    cu = cu_seqlens_from_lengths(lengths)
     fused = packed.embeddings(np.concatenate(ids), np.concatenate(types), cu, w, cfg)
     for b in range(len(lengths)):
         expected = forward.embeddings(ids[b][None], types[b][None], w, cfg)[0]
@@ -129,7 +130,7 @@ def test_packed_attention_matches_padded_masked_attention(dtype):
         "output": {"dense": dense(H, H), "LayerNorm": {"weight": r.normal(1, 0.1, H).astype(dtype), "bias": r.normal(0, 0.1, H).astype(dtype)}},
     }
     lengths = [7, 1, 12, 3, 12]
-    cu = packed.cu_seqlens_from_lengths(lengths)
+    cu = cu_seqlens_from_lengths(lengths)
     x = r.normal(0, 1, (int(cu[-1]), H)).astype(dtype)
     B, T = len(lengths), max(lengths)
     padded = np.full((B, T, H), 7.0, dtype)  # garbage in the padding must not leak into real tokens
@@ -157,7 +158,7 @@ def test_softmax_kernel_matches_numpy(dtype):
 def test_packed_pooling_matches_padded(dtype, mode, prompt_length):
     r = rng()
     lengths = [4, 1, 7, 3]
-    cu = packed.cu_seqlens_from_lengths(lengths)
+    cu = cu_seqlens_from_lengths(lengths)
     x = r.normal(0, 1, (int(cu[-1]), 8)).astype(dtype)
     B, T = len(lengths), max(lengths)
     padded = np.full((B, T, 8), 123.0, dtype)  # garbage at padded positions must not leak in
@@ -196,7 +197,7 @@ def test_position_ids_exactly_as_transformers():
         # the packed layout gives the same numbers on the real tokens
         lengths = [3, 5, 2]
         flat = np.concatenate([ids[b, :n] for b, n in enumerate(lengths)])
-        packed_ids = packed.packed_position_ids(flat, packed.cu_seqlens_from_lengths(lengths), cfg)
+        packed_ids = packed.packed_position_ids(flat, cu_seqlens_from_lengths(lengths), cfg)
         np.testing.assert_array_equal(packed_ids, np.concatenate([ours[b, :n] for b, n in enumerate(lengths)]))
     bert = config("bert", pad=0)
     np.testing.assert_array_equal(forward.position_ids(np.ones((2, 4), np.int64), bert), [[0, 1, 2, 3]] * 2)

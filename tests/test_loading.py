@@ -10,10 +10,12 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import check_parity, st_model
+from conftest import TEXTS, check_parity, st_model
 from refimpl import SentenceTransformer
 
-TEXTS = ["첫 번째 문장입니다.", "MIXED Case 문장 123", ""]
+
+
+TEXTS = TEXTS + [""]  # and an empty sentence
 
 
 def copy_model(src, dst):

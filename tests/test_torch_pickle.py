@@ -12,12 +12,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import check_parity
+from conftest import TEXTS, check_parity
 from refimpl import SentenceTransformer
 from refimpl.errors import ModelFileError, UnsafePickleError
 from refimpl.torch_pickle import read_pytorch_bin
 
-TEXTS = ["첫 번째 문장입니다.", "MIXED Case 문장 123"]
 
 
 def torch_reference(value):

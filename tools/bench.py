@@ -1,12 +1,12 @@
 """Benchmark refimpl against sentence-transformers and ONNX Runtime, side by side in one run.
 
     pip install torch==2.13.0 && pip install -e ".[test,bench]"
-    python tools/bench.py                       # ~15 min; builds the klue-shaped model once
-    python tools/bench.py --quick               # fewer sentences and repeats, ~6 min
-    python tools/bench.py --write docs/performance.md   # also rewrite the table in that file
+    python -m tools.bench                       # ~15 min; builds the klue-shaped model once
+    python -m tools.bench --quick               # fewer sentences and repeats, ~6 min
+    python -m tools.bench --write docs/performance.md   # also rewrite the table in that file
 
 All three engines run the same weights (random, with the exact klue-sroberta shape, built by
-tools/fixtures.py and cached in ~/.cache/refimpl-bench; or --model DIR), the same sentences, with
+tests/fixtures.py and cached in ~/.cache/refimpl-bench, or $REFIMPL_BENCH_CACHE; or --model DIR), the same sentences, with
 the same number of threads (--threads, default 2), in worker processes that take turns: every
 repeat runs each engine once before the next repeat, and the report gives medians. ONNX Runtime
 runs the same model exported with torch.onnx (dynamo exporter), padded length-sorted batches,
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,25 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
-TOOLS = Path(__file__).resolve().parent
-ROOT = TOOLS.parent
+from tools.common import CACHE, ROOT, blas_description, klue_model, make_texts, peak_rss_mb, rss_mb, warn_if_busy
+
 ENGINES = ("refimpl", "sentence-transformers", "onnxruntime")
-CACHE = Path(os.environ.get("REFIMPL_BENCH_CACHE", Path.home() / ".cache" / "refimpl-bench"))
 
 
 # --- measurements inside a worker process ------------------------------------------------------
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class RefimplEngine:
@@ -191,7 +177,7 @@ class Worker:
     def __init__(self, engine, model_dir, threads):
         self.engine = engine
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--worker", engine, "--model", str(model_dir), "--threads", str(threads)],
+            [sys.executable, "-m", "tools.bench", "--worker", engine, "--model", str(model_dir), "--threads", str(threads)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=worker_env(threads), cwd=ROOT,
         )
         self.loaded = self.read()
@@ -228,28 +214,6 @@ def worker_env(threads, **extra):
 # --- inputs -------------------------------------------------------------------------------------
 
 
-def make_texts(tokenizer, targets, seed):
-    """Korean sentences from the corpus, each grown word by word to a target token count."""
-    import numpy as np
-
-    sys.path.insert(0, str(TOOLS))
-    import fixtures
-
-    words = " ".join(fixtures.corpus_lines()).split()
-    rng = np.random.default_rng(seed)
-    texts = []
-    for target in targets:
-        chosen = []
-        while True:
-            chosen.extend(words[i] for i in rng.integers(0, len(words), max(1, (target - 2) // 3)))
-            if len(tokenizer.encode(" ".join(chosen)).ids) >= target:
-                break
-        while len(chosen) > 1 and len(tokenizer.encode(" ".join(chosen[:-1])).ids) >= target:
-            chosen.pop()
-        texts.append(" ".join(chosen))
-    return texts
-
-
 def scenarios(model_dir, quick):
     import numpy as np
     from tokenizers import Tokenizer
@@ -280,53 +244,23 @@ def onnx_path(model_dir) -> Path:
 
 
 def prepare_model(model_dir):
-    if model_dir is None:
-        model_dir = CACHE / "klue-sroberta-random"
-        if not (model_dir / "model.safetensors").exists():
-            print(f"building the klue-shaped random model in {model_dir} ...", file=sys.stderr)
-            sys.path.insert(0, str(TOOLS))
-            import fixtures
-
-            fixtures.make_klue_model(model_dir)
-    model_dir = Path(model_dir)
+    model_dir = klue_model(model_dir)
     target = onnx_path(model_dir)
     if not target.exists():
         print(f"exporting {model_dir} to {target} with torch.onnx ...", file=sys.stderr)
         CACHE.mkdir(parents=True, exist_ok=True)
-        code = f"""
-import torch, transformers
-model = transformers.AutoModel.from_pretrained({str(model_dir)!r}).eval()
-ids = torch.ones((2, 9), dtype=torch.long); mask = torch.ones((2, 9), dtype=torch.long)
-batch, length = torch.export.Dim("batch"), torch.export.Dim("length", max=512)
-torch.onnx.export(model, (ids, mask), {str(target)!r}, input_names=["input_ids", "attention_mask"],
-                  output_names=["last_hidden_state"], dynamo=True, opset_version=18, external_data=False,
-                  dynamic_shapes=({{0: batch, 1: length}}, {{0: batch, 1: length}}))
-"""
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "tools.workers.export_onnx", str(model_dir), str(target)],
+                       check=True, capture_output=True, cwd=ROOT)
     return model_dir
 
 
 # --- cold start ----------------------------------------------------------------------------------
 
 
-COLD_START = {
-    "refimpl": "from refimpl import SentenceTransformer\nm = SentenceTransformer({model!r})\nloaded = rss()\nm.encode({text!r})",
-    "sentence-transformers": "import torch\ntorch.set_num_threads({threads})\nfrom sentence_transformers import SentenceTransformer\n"
-    "m = SentenceTransformer({model!r}, device='cpu')\nloaded = rss()\nm.encode({text!r})",
-    "onnxruntime": "import sys\nsys.path.insert(0, {tools!r})\nfrom bench import OnnxRuntimeEngine\n"
-    "m = OnnxRuntimeEngine({model!r}, {threads})\nloaded = rss()\nm.encode([{text!r}], 1)",
-}
-
-
 def cold_start(engine, model_dir, text, threads, **env):
-    body = COLD_START[engine].format(model=str(model_dir), text=text, threads=threads, tools=str(TOOLS))
-    code = (
-        "def rss():\n    return [int(l.split()[1]) / 1024 for l in open('/proc/self/status') if l.startswith('VmRSS:')][0]\n"
-        + body
-        + "\nimport json, resource\nprint(json.dumps({'rss_after_load': loaded, 'peak_rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))"
-    )
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=worker_env(threads, **env), cwd=ROOT)
+    out = subprocess.run([sys.executable, "-m", "tools.workers.cold_start", engine, str(model_dir), text, str(threads)],
+                         capture_output=True, text=True, env=worker_env(threads, **env), cwd=ROOT)
     seconds = time.perf_counter() - start
     if out.returncode:
         raise RuntimeError(f"cold start of {engine} failed: {out.stderr[-2000:]}")
@@ -334,31 +268,9 @@ def cold_start(engine, model_dir, text, threads, **env):
 
 
 def interpreter_rss(threads):
-    code = "print([int(l.split()[1]) / 1024 for l in open('/proc/self/status') if l.startswith('VmRSS:')][0])"
-    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=worker_env(threads)).stdout)
-
-
-# --- the machine ---------------------------------------------------------------------------------
-
-
-def busy_fraction(seconds=1.0) -> float:
-    """Share of all CPU time that something else used during ``seconds`` of waiting."""
-    def sample():
-        fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
-
-    total0, idle0 = sample()
-    time.sleep(seconds)
-    total1, idle1 = sample()
-    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
-
-
-def warn_if_busy():
-    share = busy_fraction()
-    if share > 0.05:
-        print(f"WARNING: the machine is not idle ({share:.0%} of CPU time used by other processes); "
-              "BLAS timings suffer badly when another process holds a core", file=sys.stderr)
-    return share
+    """RSS of an interpreter that has imported nothing but the RSS helper."""
+    out = subprocess.run([sys.executable, "-m", "tools.common"], capture_output=True, text=True, env=worker_env(threads), cwd=ROOT)
+    return float(out.stdout)
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -423,7 +335,7 @@ def render(results, data, gemm, weight_mb, baseline_rss, threads, repeats, busy_
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} cores), {threads} threads for every engine, "
         f"medians of {repeats} alternating repeats; other load: {busy_before:.0%} before, {busy_after:.0%} after. "
-        f"Command: `python tools/bench.py{' --quick' if args.quick else ''}`.",
+        f"Command: `python -m tools.bench{' --quick' if args.quick else ''}`. {blas_description()}.",
         "",
         f"Inputs: (a) {len(data['a'])} KLUE-STS-like sentences, {tok_a} tokens (mean {data['a_stats'][0]:.1f}, max {data['a_stats'][1]}); "
         f"(b) {len(data['b'])} long-tail sentences, {tok_b} tokens (mean {data['b_stats'][0]:.1f}, max {data['b_stats'][1]}); "

@@ -12,7 +12,7 @@ least squares followed by Lawson reweighting towards the minimax fit, all in
 float64, and the script prints the error of the fit in float64 and evaluated
 in float32 the way the kernel evaluates it.
 
-    python tools/fit_approximations.py     # prints coefficients to paste into refimpl/kernels.py
+    python -m tools.fit_approximations     # prints coefficients to paste into refimpl/kernels.py
 """
 
 from __future__ import annotations

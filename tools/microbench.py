@@ -1,12 +1,12 @@
 """The small experiments behind the design notes of docs/performance.md, one subcommand each.
 
-    python tools/microbench.py orientation    # x W^T against (W x^T)^T by number of tokens
-    python tools/microbench.py split          # one 2-thread BLAS against two threads of 1-thread BLAS
-    python tools/microbench.py error-model    # the GELU kernel with numba's python and numpy error models
-    python tools/microbench.py numba-gemm     # a register-blocked numba matrix product for small batches
-    python tools/microbench.py mapped         # the forward pass on mmap'd against copied weights
-    python tools/microbench.py tokens         # tokens/s by sentences per forward pass
-    python tools/microbench.py numba-rss      # what importing numba and loading a kernel add to RSS
+    python -m tools.microbench orientation    # x W^T against (W x^T)^T by number of tokens
+    python -m tools.microbench split          # one 2-thread BLAS against two threads of 1-thread BLAS
+    python -m tools.microbench error-model    # the GELU kernel with numba's python and numpy error models
+    python -m tools.microbench numba-gemm     # a register-blocked numba matrix product for small batches
+    python -m tools.microbench mapped         # the forward pass on mmap'd against copied weights
+    python -m tools.microbench tokens         # tokens/s by sentences per forward pass
+    python -m tools.microbench numba-rss      # what importing numba and loading a kernel add to RSS
 
 Run on an idle machine; each prints its measurements.
 """
@@ -15,23 +15,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-MODEL = Path.home() / ".cache" / "refimpl-bench" / "klue-sroberta-random"
+from tools import common
+
 SHAPES = [(768, 768)] * 4 + [(3072, 768), (768, 3072)]  # one layer's linear maps, [out, in]
 
 
 def rate(work, flops, seconds=0.6):
-    work()
-    start, runs = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        work()
-        runs += 1
-    return flops * runs / (time.perf_counter() - start) / 1e9
+    """GFLOP/s of ``work()``."""
+    return common.rate(work, flops, seconds) / 1e9
 
 
 def orientation():
@@ -49,7 +44,7 @@ def orientation():
 def split():
     from concurrent.futures import ThreadPoolExecutor
 
-    from refimpl.threads import set_blas_threads
+    from refimpl.threads import set_threads as set_blas_threads
 
     rng = np.random.default_rng(0)
     w1 = rng.standard_normal((3072, 768), dtype=np.float32)
@@ -125,14 +120,9 @@ def numba_gemm():
 
 
 def _model():
-    if not (MODEL / "model.safetensors").exists():
-        sys.path.insert(0, str(Path(__file__).parent))
-        import fixtures
-
-        fixtures.make_klue_model(MODEL)
     from refimpl import SentenceTransformer
 
-    return SentenceTransformer(MODEL)
+    return SentenceTransformer(common.klue_model())
 
 
 def _batch(sentences, seed=0):
@@ -143,10 +133,11 @@ def _batch(sentences, seed=0):
 
 def mapped():
     from refimpl import packed
+    from refimpl.batch import cu_seqlens_from_lengths
 
     model = _model()
     ids, lengths = _batch(32)
-    cu = packed.cu_seqlens_from_lengths(lengths)
+    cu = cu_seqlens_from_lengths(lengths)
 
     def copy(tree):
         if isinstance(tree, dict):
@@ -170,6 +161,7 @@ def mapped():
 
 def tokens():
     from refimpl import packed
+    from refimpl.batch import cu_seqlens_from_lengths
 
     model = _model()
     ids, lengths = _batch(512)
@@ -180,7 +172,7 @@ def tokens():
             for first in range(0, len(lengths), per):
                 part = lengths[first : first + per]
                 n = part.sum()
-                packed.encoder(ids[offset : offset + n], np.zeros(n, np.int64), packed.cu_seqlens_from_lengths(part), model.weights, model.config)
+                packed.encoder(ids[offset : offset + n], np.zeros(n, np.int64), cu_seqlens_from_lengths(part), model.weights, model.config)
                 offset += n
             values.append(lengths.sum() / (time.perf_counter() - start))
     for per, values in results.items():

@@ -1,6 +1,6 @@
 """Measure the numbers in README.md's parity table and docs/parity.md.
 
-    python tools/parity_report.py            # builds the fixtures in a temporary directory (~1 min)
+    python -m tools.parity_report            # builds the fixtures in a temporary directory (~1 min)
 
 1. For each fixture, the max |difference| between refimpl's ``encode`` (both engines)
    and sentence-transformers' ``encode`` on the same sentences.
@@ -11,14 +11,12 @@
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-import fixtures  # noqa: E402
+from tests import fixtures
 
 SENTENCES = fixtures.TEST_SENTENCES + [" ".join(fixtures.corpus_lines()[:40])]  # the last one is truncated at 512
 

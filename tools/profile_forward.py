@@ -1,14 +1,14 @@
 """Where the time of one packed forward pass goes, component by component.
 
-    python tools/profile_forward.py                      # 32 KLUE-like sentences (~500 tokens)
-    python tools/profile_forward.py --batch-one          # one 16-token sentence (latency)
-    python tools/profile_forward.py --model DIR --repeats 20
+    python -m tools.profile_forward                      # 32 KLUE-like sentences (~500 tokens)
+    python -m tools.profile_forward --batch-one          # one 16-token sentence (latency)
+    python -m tools.profile_forward --model DIR --repeats 20
 
 Any commit can be profiled the same way, which is how docs/performance.md measures what each
 optimisation gained:
 
     git worktree add /tmp/refimpl-old <commit>
-    PYTHONPATH=/tmp/refimpl-old python tools/profile_forward.py
+    PYTHONPATH=/tmp/refimpl-old:$PWD python tools/profile_forward.py    # refimpl from the old checkout
 
 It wraps every numba kernel of ``refimpl.kernels`` and the BLAS helpers of ``refimpl.packed``
 that the checkout has, runs the forward ``--repeats`` times after a warm-up, and prints each
@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import collections
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-TOOLS = Path(__file__).resolve().parent
-DEFAULT_MODEL = Path.home() / ".cache" / "refimpl-bench" / "klue-sroberta-random"
+
 
 
 def wrap_all(times):
@@ -56,19 +54,14 @@ def wrap_all(times):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="default: the bench's klue-shaped model")
+    parser.add_argument("--model", type=Path, help="default: the bench's klue-shaped model")
     parser.add_argument("--batch-one", action="store_true", help="one 16-token sentence instead of 32 sentences")
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
-    if not (args.model / "model.safetensors").exists():
-        sys.path.insert(0, str(TOOLS))
-        import fixtures
-
-        fixtures.make_klue_model(args.model)
-
     from refimpl import SentenceTransformer, packed
+    from tools.common import klue_model
 
-    model = SentenceTransformer(args.model)
+    model = SentenceTransformer(klue_model(args.model))
     rng = np.random.default_rng(0)
     lengths = np.array([16]) if args.batch_one else np.clip(rng.lognormal(np.log(16), 0.45, 32), 5, 60).astype(int)
     tokens = int(lengths.sum())

@@ -1,7 +1,7 @@
 """Throughput of refimpl.dask on this machine: one process, then a LocalCluster of 1 and 2 workers.
 
-    python tools/scale_bench.py                  # the klue-shaped model of tools/bench.py, 4,096 sentences
-    python tools/scale_bench.py --sentences 8192 --repeats 3
+    python -m tools.scale_bench                  # the klue-shaped model of tools.bench, 4,096 sentences
+    python -m tools.scale_bench --sentences 8192 --repeats 3
 
 The same KLUE-like sentences go through (1) ``SentenceTransformer.encode`` in this process,
 (2) ``refimpl.dask.encode_file`` on a LocalCluster of 1 worker (2 BLAS threads) and (3) of 2 workers
@@ -14,20 +14,16 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-TOOLS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TOOLS))
-
-from bench import CACHE, make_texts, warn_if_busy  # noqa: E402
+from tools.common import klue_model, make_texts, warn_if_busy
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=CACHE / "klue-sroberta-random")
+    parser.add_argument("--model", type=Path, help="default: the bench's klue-shaped model")
     parser.add_argument("--sentences", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--partition-lines", type=int, default=512)
@@ -36,12 +32,10 @@ def main():
     import numpy as np
     from tokenizers import Tokenizer
 
-    import fixtures
     from refimpl import SentenceTransformer
     from refimpl.dask import encode_file, local_cluster
 
-    if not (args.model / "model.safetensors").exists():
-        fixtures.make_klue_model(args.model)
+    args.model = klue_model(args.model)
     warn_if_busy()
     tokenizer = Tokenizer.from_file(str(args.model / "tokenizer.json"))
     rng = np.random.default_rng(7)
@@ -82,7 +76,7 @@ def main():
     shutil.rmtree(work)
 
     print(f"{args.sentences} sentences, {tokens} tokens, partitions of {args.partition_lines} lines, "
-          f"medians of {args.repeats} alternating repeats. Command: `python tools/scale_bench.py`")
+          f"medians of {args.repeats} alternating repeats. Command: `python -m tools.scale_bench`")
     print()
     print("| setup | seconds | sentences/s | tokens/s | start-up (cluster + model on every worker), s |")
     print("|---|---|---|---|---|")

@@ -1,11 +1,11 @@
 """Build the test models: tiny random BERT/RoBERTa models, a random model with the exact
 klue-sroberta shape and file layout, and a Hugging Face cache holding a model.
 
-Needs torch and transformers (the test extra). Used by tests/ and tools/bench.py;
+Needs torch and transformers (the test extra). Used by tests/ and tools/ (as tests.fixtures);
 as a script it writes the klue-shaped model to a directory:
 
-    python tools/fixtures.py klue OUT_DIR        # ~440 MB of random weights
-    python tools/fixtures.py tiny OUT_DIR [--model-type bert]
+    python tests/fixtures.py klue OUT_DIR        # ~440 MB of random weights
+    python tests/fixtures.py tiny OUT_DIR [--model-type bert]
 
 Every parameter is randomized (biases and LayerNorm included): transformers'
 default initialization zeroes biases and makes LayerNorm the identity, which

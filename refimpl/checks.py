@@ -1,0 +1,34 @@
+"""Argument checks shared by the whole package, so that each rule has one wording and one result."""
+
+from __future__ import annotations
+
+import numbers
+
+
+def positive_int(name: str, value, *, allow_none: bool = False) -> int | None:
+    """``value`` as a Python int when it is a whole number >= 1 (int or NumPy integer, never bool).
+
+    Everything else raises ``ValueError`` naming the argument; ``None`` passes when ``allow_none``.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        expected = "a positive integer or None" if allow_none else "a positive integer"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return int(value)
+
+
+def cpu_device(device) -> None:
+    """refimpl computes on the CPU; any other device sentence-transformers accepts is refused."""
+    if device is not None and str(device) != "cpu":
+        raise ValueError(f"refimpl runs on the CPU only; device={device!r} is not available")
+
+
+def streamable_encode_kwargs(encode_kwargs: dict, where: str) -> None:
+    """Refuse ``encode`` options whose result would depend on how the input is split (``embed``, Dask)."""
+    if encode_kwargs.get("precision", "float32") in ("int8", "uint8"):
+        raise ValueError(f"int8/uint8 ranges come from the embeddings quantized together and would differ {where}; "
+                         "quantize the float embeddings afterwards with "
+                         "refimpl.quantization.quantize_embeddings(..., ranges=...)")
+    if encode_kwargs.get("output_value", "sentence_embedding") != "sentence_embedding":
+        raise ValueError(f"only sentence embeddings can be streamed ({where} they are assembled row by row)")

@@ -1,0 +1,167 @@
+"""The engine interface: how a batch of token ids becomes token states and then sentence vectors.
+
+An engine is built once per model from its weights and config, and does three things:
+
+- ``plan(lengths, batch_size)``: which length-sorted sentences share one forward pass;
+- ``encode(batch)`` / ``encode_padded(features)``: run the encoder, returning ``TokenStates``;
+- ``TokenStates.pool(modes, prompt_length)``: pool the token states into sentence vectors,
+  with the pooling code that suits the engine's layout.
+
+Two engines implement it:
+
+- ``reference``: ``forward.py`` on a padded ``[B, T]`` batch, plain NumPy (no numba is
+  imported on its path), the equations as transformers writes them;
+- ``fast``: ``packed.py`` on packed tokens with numba kernels, no padding at all.
+
+Another engine (own matrix products, other precisions) is one more class registered in
+``ENGINES``; the facade (``model.py``) and the pipeline (``pipeline.py``) only see this interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import numpy as np
+
+from . import pooling
+from .batch import MAX_TOKENS_PER_FORWARD, Encoded, fixed_size_groups, token_budget_groups, unpack
+from .config import EncoderConfig
+
+
+class TokenStates(Protocol):
+    """The encoder's output for one batch, in the layout of the engine that made it."""
+
+    def sequences(self) -> list[np.ndarray]:
+        """One [L_i, H] array of token embeddings per sentence (real tokens only)."""
+
+    def padded(self) -> np.ndarray:
+        """[B, T, H] as transformers returns ``last_hidden_state``."""
+
+    def padded_hidden_states(self) -> list[np.ndarray] | None:
+        """L + 1 arrays [B, T, H] (embeddings first), when they were asked for."""
+
+    def pool(self, modes, prompt_length: int = 0) -> np.ndarray:
+        """[B, len(modes) * H] sentence vectors."""
+
+
+class Engine(Protocol):
+    name: ClassVar[str]
+
+    def plan(self, lengths: np.ndarray, batch_size: int) -> list[slice]:
+        """Slices of length-sorted sentences (longest first), one per forward pass."""
+
+    def encode(self, batch: Encoded, output_hidden_states: bool = False) -> TokenStates:
+        """Run the encoder on a batch of packed ids."""
+
+    def encode_padded(self, features: dict, output_hidden_states: bool = False) -> TokenStates:
+        """Run the encoder on a padded {input_ids, attention_mask, token_type_ids} batch of [B, T] arrays."""
+
+
+@dataclass
+class PaddedStates:
+    tokens: np.ndarray  # [B, T, H]
+    attention_mask: np.ndarray  # [B, T]
+    hidden_states: list | None
+
+    def sequences(self):
+        return [self.tokens[b, :n] for b, n in enumerate(self.attention_mask.sum(axis=1))]
+
+    def padded(self):
+        return self.tokens
+
+    def padded_hidden_states(self):
+        return self.hidden_states
+
+    def pool(self, modes, prompt_length=0):
+        return pooling.pool_padded(self.tokens, self.attention_mask, modes, prompt_length)
+
+
+@dataclass
+class PackedStates:
+    tokens: np.ndarray  # [N, H]
+    batch: Encoded
+    hidden_states: list | None  # of [N, H]
+    real: np.ndarray | None = None  # [B, T] of the padded batch it came from, if any
+
+    def _real(self):
+        return self.batch.real_mask() if self.real is None else self.real
+
+    def sequences(self):
+        cu = self.batch.cu_seqlens
+        return [self.tokens[cu[b] : cu[b + 1]] for b in range(len(self.batch.lengths))]
+
+    def padded(self):  # zeros at padded positions: the fast engine never computes them
+        return unpack(self.tokens, self._real())
+
+    def padded_hidden_states(self):
+        if self.hidden_states is None:
+            return None
+        real = self._real()
+        return [unpack(h, real) for h in self.hidden_states]
+
+    def pool(self, modes, prompt_length=0):
+        return pooling.pool_packed(self.tokens, self.batch.cu_seqlens, modes, prompt_length)
+
+
+class ReferenceEngine:
+    """forward.py on padded batches of ``batch_size`` sentences, as sentence-transformers batches them."""
+
+    name = "reference"
+
+    def __init__(self, weights: dict, config: EncoderConfig, pad_token_id: int):
+        self.weights, self.config, self.pad_token_id = weights, config, pad_token_id
+
+    def plan(self, lengths, batch_size):
+        return fixed_size_groups(len(lengths), batch_size)
+
+    def encode(self, batch, output_hidden_states=False):
+        return self.encode_padded(batch.padded(self.pad_token_id), output_hidden_states)
+
+    def encode_padded(self, features, output_hidden_states=False):
+        from . import forward
+
+        mask = features["attention_mask"]
+        tokens, hidden = forward.encoder(
+            features["input_ids"], features["token_type_ids"], mask, self.weights, self.config, output_hidden_states
+        )
+        return PaddedStates(tokens, mask, hidden)
+
+
+class PackedEngine:
+    """packed.py on packed tokens: no padding, numba kernels, BLAS products."""
+
+    name = "fast"
+
+    def __init__(self, weights: dict, config: EncoderConfig, pad_token_id: int):
+        self.weights, self.config, self.pad_token_id = weights, config, pad_token_id
+
+    def plan(self, lengths, batch_size):
+        # packed sequences never see each other, so a forward pass need not follow batch_size
+        return token_budget_groups(lengths, MAX_TOKENS_PER_FORWARD)
+
+    def encode(self, batch, output_hidden_states=False):
+        from . import packed
+
+        tokens, hidden = packed.encoder(
+            batch.input_ids, batch.token_type_ids, batch.cu_seqlens, self.weights, self.config, output_hidden_states
+        )
+        return PackedStates(tokens, batch, hidden)
+
+    def encode_padded(self, features, output_hidden_states=False):
+        mask = features["attention_mask"]
+        batch = Encoded.from_padded(features["input_ids"], mask, features["token_type_ids"])
+        states = self.encode(batch, output_hidden_states)
+        states.real = mask.astype(bool)
+        return states
+
+
+ENGINES: dict[str, type] = {engine.name: engine for engine in (PackedEngine, ReferenceEngine)}
+DEFAULT_ENGINE = "fast"
+
+
+def engine_class(name) -> type:
+    """The engine registered as ``name``; an unknown name is an error, never a silent default."""
+    if name not in ENGINES:
+        raise ValueError(f"engine must be one of {tuple(ENGINES)}, got {name!r}")
+    return ENGINES[name]
