@@ -113,12 +113,14 @@ def test_ctrl_c_on_the_command_line_exits_quietly(tiny_model, tmp_path):
     (tmp_path / "big.txt").write_text("\n".join(random_sentences(60_000, seed=2)), encoding="utf-8")
     process = subprocess.Popen(
         [sys.executable, "-m", "refimpl", "encode", "--model", str(tiny_model("roberta")), "-i", str(tmp_path / "big.txt"),
-         "-o", str(tmp_path / "out.npy")],
+         "-o", str(tmp_path / "out.npy"), "--progress"],
         stderr=subprocess.PIPE, text=True,
     )
-    time.sleep(3)
+    seen, deadline = "", time.monotonic() + 120
+    while "Batches" not in seen and time.monotonic() < deadline:  # interrupt once it is encoding, however slow the machine
+        seen += process.stderr.read(1)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
+    assert "Batches" in seen, seen
+    assert process.returncode == 130, seen + stderr
     assert "Traceback" not in stderr
-
