@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
-from .files import DEFAULT_MODEL
+from .files import DEFAULT_MODEL, write_atomically
 
 
 def _add_model_arguments(parser):
@@ -41,7 +42,8 @@ def load_model(args):
 
 
 def read_lines(path: str | None) -> list[str]:
-    """One sentence per line (a trailing newline does not make an extra sentence); '-' is stdin."""
+    """One sentence per line (a trailing newline does not make an extra sentence); '-' is stdin.
+    A UTF-8 byte order mark at the start is not part of the first sentence."""
     if path is None or path == "-":
         text = sys.stdin.read()
     else:
@@ -49,9 +51,25 @@ def read_lines(path: str | None) -> list[str]:
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise SystemExit(f"refimpl: {path}: no such file") from None
+        except IsADirectoryError:
+            raise SystemExit(f"refimpl: {path}: is a directory, not a text file") from None
         except UnicodeDecodeError as error:
             raise SystemExit(f"refimpl: {path}: not UTF-8 text ({error})") from None
+    text = text.removeprefix("\ufeff")
     return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n") if text else []
+
+
+def check_output(path: str | None, suffixes: tuple[str, ...]):
+    """Refuse an output path before any work is done: wrong suffix, a directory, a missing folder."""
+    if path is None or path == "-":
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise SystemExit(f"refimpl: {path}: is a directory; give a file name")
+    if not path.endswith(suffixes):
+        raise SystemExit(f"refimpl: {path}: the output must end in {' or '.join(suffixes)}")
+    if not target.resolve().parent.is_dir():
+        raise SystemExit(f"refimpl: {path}: the folder {target.resolve().parent} does not exist")
 
 
 def _inputs(args) -> list[str]:
@@ -70,15 +88,15 @@ def write_embeddings(embeddings, texts, output: str | None):
     if output is None or output == "-":
         for row in embeddings:
             sys.stdout.write(json.dumps([float(v) for v in row]) + "\n")
-        return
-    if output.endswith(".npy"):
-        np.save(output, embeddings)
-    elif output.endswith(".jsonl"):
-        with open(output, "w", encoding="utf-8") as handle:
-            for text, row in zip(texts, embeddings):
-                handle.write(json.dumps({"text": text, "embedding": [float(v) for v in row]}, ensure_ascii=False) + "\n")
+    elif output.endswith(".npy"):
+        write_atomically(output, lambda handle: np.save(handle, embeddings))
     else:
-        raise SystemExit(f"refimpl: {output}: the output must end in .npy or .jsonl")
+        def write_jsonl(handle):
+            for text, row in zip(texts, embeddings):
+                line = json.dumps({"text": text, "embedding": [float(v) for v in row]}, ensure_ascii=False) + "\n"
+                handle.write(line.encode("utf-8"))
+
+        write_atomically(output, write_jsonl)
 
 
 def cmd_encode_distributed(args):
@@ -87,8 +105,9 @@ def cmd_encode_distributed(args):
         raise SystemExit("refimpl: --scheduler/--workers need the input as a file: -i FILE")
     if not args.output or not args.output.endswith(".npy"):
         raise SystemExit("refimpl: --scheduler/--workers write a .npy file: -o OUT.npy")
+    check_output(args.output, (".npy",))
     if not Path(args.input).is_file():
-        raise SystemExit(f"refimpl: {args.input}: no such file")
+        raise SystemExit(f"refimpl: {args.input}: no such file" + (" (it is a directory)" if Path(args.input).is_dir() else ""))
     try:
         from .dask import encode_file, local_cluster
         from distributed import Client
@@ -119,9 +138,8 @@ def cmd_encode_distributed(args):
 def cmd_encode(args):
     if args.scheduler or args.workers:
         return cmd_encode_distributed(args)
+    check_output(args.output, (".npy", ".jsonl"))
     texts = _inputs(args)
-    if args.output and not args.output.endswith((".npy", ".jsonl")) and args.output != "-":
-        raise SystemExit(f"refimpl: {args.output}: the output must end in .npy or .jsonl")
     model = load_model(args)
     embeddings = model.encode(
         texts, batch_size=args.batch_size, normalize_embeddings=args.normalize, show_progress_bar=args.progress,
@@ -139,16 +157,34 @@ def cmd_similarity(args):
 
 
 def corpus_cache_path(corpus: Path, model) -> Path:
-    """Beside the corpus, keyed by the model (directory or Hub snapshot, dtype, length) and the file's hash."""
+    """Beside the corpus, keyed by the model's content (files, dtype, length) and the corpus file's hash."""
     import hashlib
     import re
 
+    from .files import fingerprint_dir
+
     digest = hashlib.sha256(corpus.read_bytes()).hexdigest()[:16]
     model_key = hashlib.sha256(
-        f"{model.model_dir}|{model.dtype}|{model.max_seq_length}|{model.truncate_dim}".encode()
+        f"{fingerprint_dir(model.model_dir)}|{model.dtype}|{model.max_seq_length}|{model.truncate_dim}".encode()
     ).hexdigest()[:12]
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(model.model_name_or_path)).name)[:40]
     return corpus.with_name(f"{corpus.name}.{name}-{model_key}.{digest}.npy")
+
+
+def load_corpus_cache(cache: Path, rows: int, dimension: int):
+    """The cached corpus embeddings, or None (saying why) when the file is unreadable or the wrong shape."""
+    import numpy as np
+
+    try:
+        embeddings = np.load(cache, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        print(f"refimpl: the cache {cache} is corrupt ({error}); embedding the corpus again", file=sys.stderr)
+        return None
+    if embeddings.shape != (rows, dimension) or embeddings.dtype.kind != "f" or not np.isfinite(embeddings).all():
+        print(f"refimpl: the cache {cache} holds {embeddings.shape} {embeddings.dtype} values, not {rows} finite rows "
+              f"of {dimension}; embedding the corpus again", file=sys.stderr)
+        return None
+    return embeddings
 
 
 def cmd_search(args):
@@ -163,14 +199,16 @@ def cmd_search(args):
     queries = list(args.queries) or read_lines(None)
     model = load_model(args)
     cache = corpus_cache_path(corpus_path, model)
+    corpus_embeddings = None
     if cache.exists() and not args.no_cache:
-        corpus_embeddings = np.load(cache)
-        print(f"using cached corpus embeddings {cache}", file=sys.stderr)
-    else:
+        corpus_embeddings = load_corpus_cache(cache, len(corpus), model.get_sentence_embedding_dimension())
+        if corpus_embeddings is not None:
+            print(f"using cached corpus embeddings {cache}", file=sys.stderr)
+    if corpus_embeddings is None:
         corpus_embeddings = model.encode(corpus, batch_size=args.batch_size, show_progress_bar=True)
         if not args.no_cache:
             try:
-                np.save(cache, corpus_embeddings)
+                write_atomically(cache, lambda handle: np.save(handle, corpus_embeddings))
             except OSError as error:
                 print(f"refimpl: could not cache the corpus embeddings at {cache}: {error}", file=sys.stderr)
     query_embeddings = model.encode(queries, batch_size=args.batch_size)
@@ -192,8 +230,11 @@ def cmd_eval_sts(args):
     first, second, scores = load_sts(args.file, label_key=args.label_key)
     model = load_model(args)
     metrics = evaluate_sts(model, first, second, scores, batch_size=args.batch_size)
+    undefined = sorted(name for name, value in metrics.items() if value != value)
+    if undefined:
+        print(f"refimpl: warning: {', '.join(undefined)} undefined (constant scores); reported as null", file=sys.stderr)
     if args.json:
-        print(json.dumps(metrics))
+        print(json.dumps({name: (None if value != value else value) for name, value in metrics.items()}, allow_nan=False))
     else:
         print(f"{args.file}: {len(scores)} pairs, model {args.model}")
         print(format_table(metrics))
@@ -202,6 +243,9 @@ def cmd_eval_sts(args):
 def cmd_convert(args):
     from .torch_pickle import convert_to_safetensors
 
+    if not Path(args.source).is_file():
+        raise SystemExit(f"refimpl: {args.source}: no such file" + (" (it is a directory)" if Path(args.source).is_dir() else ""))
+    check_output(args.target, (".safetensors",))
     target = convert_to_safetensors(args.source, args.target)
     print(f"wrote {target}", file=sys.stderr)
 
@@ -273,8 +317,15 @@ def main(argv=None):
 
     try:
         args.func(args)
-    except (RefimplError, TypeError, ValueError) as error:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (`refimpl encode ... | head`): stop quietly, as Python's docs advise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
+    except (RefimplError, TypeError, ValueError, FloatingPointError) as error:
         raise SystemExit(f"refimpl: {error}") from None
+    except OSError as error:
+        raise SystemExit(f"refimpl: {error.filename + ': ' if error.filename else ''}{error.strerror or error}") from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 

@@ -166,15 +166,31 @@ def encode_file_part(path, start, end, part_file, model, model_kwargs, blas_thre
     return len(embeddings)
 
 
+def model_content(model, model_kwargs) -> str:
+    """A digest of the model's files (a directory, or the Hub snapshot in the local cache); a Hub id
+    that is not cached here is named by id and revision, the most the client can know."""
+    from .errors import RefimplError
+    from .files import fingerprint_dir, resolve_model_dir
+
+    kwargs = model_kwargs or {}
+    try:
+        directory = resolve_model_dir(model, revision=kwargs.get("revision"), cache_folder=kwargs.get("cache_folder"),
+                                      local_files_only=True)
+    except (RefimplError, OSError):
+        return f"hub:{model}@{kwargs.get('revision') or 'main'}"
+    return fingerprint_dir(directory)
+
+
 def _fingerprint(path: Path, lines_per_partition, model, model_kwargs, encode_kwargs) -> dict:
     stat = path.stat()
     with open(path, "rb") as handle:
         head = hashlib.sha256(handle.read(1 << 20)).hexdigest()
-    return {
+    fingerprint = {
         "input": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "head_sha256": head,
-        "lines_per_partition": lines_per_partition, "model": str(model), "model_kwargs": model_kwargs or {},
-        "encode_kwargs": encode_kwargs,
+        "lines_per_partition": lines_per_partition, "model": str(model), "model_content": model_content(model, model_kwargs),
+        "model_kwargs": model_kwargs or {}, "encode_kwargs": encode_kwargs,
     }
+    return json.loads(json.dumps(fingerprint, default=str))  # as the manifest stores it
 
 
 def _write_json(path: Path, data):
@@ -224,9 +240,11 @@ def _open_manifest(parts_dir: Path, fingerprint: dict, input_path: Path, lines_p
     manifest_file = parts_dir / "manifest.json"
     if manifest_file.exists():
         manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-        if manifest["fingerprint"] != fingerprint:
-            raise ValueError(f"{parts_dir} holds an unfinished run for another input, model or options; "
-                             "remove it or choose another output")
+        stored = manifest.get("fingerprint", {})
+        differing = sorted(key for key in set(stored) | set(fingerprint) if stored.get(key) != fingerprint.get(key))
+        if differing:
+            raise ValueError(f"{parts_dir} holds an unfinished run that differs in {', '.join(differing)} "
+                             "(model_content: the model's files changed); remove it or choose another output")
         return manifest
     parts_dir.mkdir(parents=True, exist_ok=True)
     return {"fingerprint": fingerprint, "ranges": line_ranges(input_path, lines_per_partition), "rows": {},
@@ -247,7 +265,8 @@ def _run_partitions(client, manifest, parts_dir, part_files, input_path, model, 
     for i in rows:
         manifest["computed_in_run"].setdefault(str(i), manifest["run"] - 1)
     blas = plan_blas_threads(client)
-    key = manifest["fingerprint"]["head_sha256"][:12]
+    # task keys name this run's input, model and output, so two runs never share (and overwrite) tasks
+    key = hashlib.sha256(json.dumps([manifest["fingerprint"], str(parts_dir.resolve())], sort_keys=True).encode()).hexdigest()[:16]
     futures = {
         client.submit(encode_file_part, str(input_path.resolve()), start, end, str(part_files[i].resolve()), model,
                       model_kwargs, blas, batch_size, encode_kwargs, key=f"refimpl-part-{key}-{i}", retries=2): i

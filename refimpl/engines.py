@@ -104,6 +104,20 @@ class PackedStates:
         return pooling.pool_packed(self.tokens, self.batch.cu_seqlens, modes, prompt_length)
 
 
+def check_indices(config: EncoderConfig, input_ids: np.ndarray, token_type_ids: np.ndarray, longest: int):
+    """The last line of defence before any table lookup: every token id, type id and position
+    must have its row (``longest``: the most tokens one sequence has). Vectorised: costs nothing
+    next to a forward pass. The kernels never index memory they do not own."""
+    if input_ids.size and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
+        bad = input_ids[(input_ids < 0) | (input_ids >= config.vocab_size)][0]
+        raise ValueError(f"token id {bad} is outside the vocabulary [0, {config.vocab_size})")
+    if token_type_ids.size and (token_type_ids.min() < 0 or token_type_ids.max() >= config.type_vocab_size):
+        bad = token_type_ids[(token_type_ids < 0) | (token_type_ids >= config.type_vocab_size)][0]
+        raise ValueError(f"token type id {bad} is outside [0, {config.type_vocab_size})")
+    if longest > config.max_tokens:
+        raise ValueError(f"a sequence of {longest} tokens exceeds the {config.max_tokens} the position table holds")
+
+
 class ReferenceEngine:
     """forward.py on padded batches of ``batch_size`` sentences, as sentence-transformers batches them."""
 
@@ -122,6 +136,7 @@ class ReferenceEngine:
         from . import forward
 
         mask = features["attention_mask"]
+        check_indices(self.config, features["input_ids"], features["token_type_ids"], features["input_ids"].shape[-1])
         tokens, hidden = forward.encoder(
             features["input_ids"], features["token_type_ids"], mask, self.weights, self.config, output_hidden_states
         )
@@ -143,6 +158,7 @@ class PackedEngine:
     def encode(self, batch, output_hidden_states=False):
         from . import packed
 
+        check_indices(self.config, batch.input_ids, batch.token_type_ids, int(batch.lengths.max(initial=0)))
         tokens, hidden = packed.encoder(
             batch.input_ids, batch.token_type_ids, batch.cu_seqlens, self.weights, self.config, output_hidden_states
         )

@@ -48,46 +48,70 @@ def spearman(x, y) -> float:
     return pearson(average_ranks(x), average_ranks(y))
 
 
+def _pair(path, where: str, first, second, label) -> tuple[str, str, float]:
+    """One checked pair: two strings and a finite score; anything else names the item and the problem."""
+    for name, sentence in (("sentence1", first), ("sentence2", second)):
+        if not isinstance(sentence, str):
+            raise ValueError(f"{path}: {where}: {name} must be a string, got {sentence!r}")
+    try:
+        score = float(label)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: {where}: score {label!r} is not a number") from None
+    if isinstance(label, bool) or not np.isfinite(score):
+        raise ValueError(f"{path}: {where}: score {label!r} is not a finite number")
+    return first, second, score
+
+
+def _json_pairs(path, text, label_key):
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError, ValueError) as error:
+        raise ValueError(f"{path}: malformed JSON ({error})") from None
+    if isinstance(data, dict) and "data" in data:
+        data = data["data"]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of sentence pairs")
+    pairs = []
+    for index, item in enumerate(data):
+        try:
+            label = item["labels"][label_key] if "labels" in item else item[label_key]
+            first, second = item["sentence1"], item["sentence2"]
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{path}: item {index} lacks sentence1, sentence2 or labels.{label_key} ({error})") from None
+        pairs.append(_pair(path, f"item {index}", first, second, label))
+    return pairs
+
+
+def _csv_pairs(path, text, label_key):
+    lines = text.splitlines()
+    delimiter = "\t" if path.suffix.lower() == ".tsv" or "\t" in lines[0] else ","
+    reader = csv.DictReader(lines, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+    columns = {name.strip().lower(): name for name in reader.fieldnames or []}
+    score_column = next((columns[c] for c in ("score", label_key.lower(), "label", "similarity") if c in columns), None)
+    if "sentence1" not in columns or "sentence2" not in columns or score_column is None:
+        raise ValueError(f"{path}: the header must name sentence1, sentence2 and score columns, got {reader.fieldnames}")
+    return [_pair(path, f"line {number}", row[columns["sentence1"]], row[columns["sentence2"]], row[score_column])
+            for number, row in enumerate(reader, start=2)]
+
+
 def load_sts(path, label_key: str = "label"):
-    """(sentences1, sentences2, scores) from a KLUE-STS JSON file or a CSV/TSV file."""
+    """(sentences1, sentences2, scores) from a KLUE-STS JSON file or a CSV/TSV file with a header."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
-    if path.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{")):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: malformed JSON at line {error.lineno}: {error.msg}") from None
-        if isinstance(data, dict) and "data" in data:
-            data = data["data"]
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of sentence pairs")
-        first, second, scores = [], [], []
-        for index, item in enumerate(data):
-            try:
-                label = item["labels"][label_key] if "labels" in item else item[label_key]
-                first.append(str(item["sentence1"]))
-                second.append(str(item["sentence2"]))
-                scores.append(float(label))
-            except (KeyError, TypeError, ValueError) as error:
-                raise ValueError(f"{path}: item {index} lacks sentence1, sentence2 or labels.{label_key} ({error})") from None
-        return first, second, scores
-    delimiter = "\t" if path.suffix.lower() == ".tsv" or "\t" in text.splitlines()[0] else ","
-    reader = csv.DictReader(text.splitlines(), delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
-    columns = {name.strip().lower(): name for name in reader.fieldnames or []}
-    score_column = next((columns[c] for c in ("score", label_key.lower(), "label", "similarity") if c in columns), None)
-    if "sentence1" not in columns or "sentence2" not in columns or score_column is None:
-        raise ValueError(f"{path}: the header must name sentence1, sentence2 and score columns, got {reader.fieldnames}")
-    first, second, scores = [], [], []
-    for row_number, row in enumerate(reader, start=2):
-        try:
-            scores.append(float(row[score_column]))
-        except (TypeError, ValueError):
-            raise ValueError(f"{path}: line {row_number}: score {row[score_column]!r} is not a number") from None
-        first.append(row[columns["sentence1"]])
-        second.append(row[columns["sentence2"]])
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error})") from None
+    if not text.strip():
+        raise ValueError(f"{path}: the file is empty")
+    is_json = path.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{"))
+    pairs = (_json_pairs if is_json else _csv_pairs)(path, text, label_key)
+    if len(pairs) < 2:
+        raise ValueError(f"{path}: {len(pairs)} sentence pairs; a correlation needs at least 2")
+    first, second, scores = (list(column) for column in zip(*pairs))
     return first, second, scores
 
 

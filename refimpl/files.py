@@ -121,17 +121,35 @@ def _snapshot(repo_id, revision, cache_folder, local_files_only, token) -> Path:
 def read_json(path: Path, *, required: bool = True):
     """Parse a JSON file; a missing or malformed file names itself in the error."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_JSON_BYTES + 1)
     except FileNotFoundError:
         if not required:
             return None
         raise ModelFileError(path, "file is missing") from None
-    except (OSError, UnicodeDecodeError) as error:
+    except OSError as error:
         raise ModelFileError(path, f"cannot be read ({error})") from None
+    if len(raw) > MAX_JSON_BYTES:
+        raise ModelFileError(path, f"is larger than {MAX_JSON_BYTES // 2**20} MiB; a configuration file is a few kB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ModelFileError(path, f"cannot be read ({error})") from None
+    return parse_json(path, text)
+
+
+MAX_JSON_BYTES = 16 * 1024 * 1024  # the configuration files refimpl parses are a few kB
+
+
+def parse_json(path, text):
+    """json.loads with every failure as a ModelFileError naming the file: malformed text, nesting
+    past Python's recursion limit, numbers past Python's integer-conversion limit."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise ModelFileError(path, f"malformed JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
+    except (ValueError, RecursionError) as error:  # e.g. an integer of more than 4300 digits
+        raise ModelFileError(path, f"unreadable JSON ({error})") from None
 
 
 def read_json_object(path: Path, *, required: bool = True) -> dict | None:
@@ -140,6 +158,45 @@ def read_json_object(path: Path, *, required: bool = True) -> dict | None:
     if data is not None and not isinstance(data, dict):
         raise ModelFileError(path, "must be a JSON object")
     return data
+
+
+def write_atomically(path, write):
+    """``write(handle)`` into a temporary file beside ``path``, then rename it into place: a failure
+    midway (a full disk, Ctrl-C) leaves any previous file untouched."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+_WHOLE_FILE_HASH_LIMIT = 4 * 1024 * 1024
+_EDGE_BYTES = 1024 * 1024
+
+
+def fingerprint_dir(directory) -> str:
+    """A digest of a model directory's content, for caches keyed by the model rather than its name.
+
+    Every file's relative path, size and modification time; small files (configs, tokenizer) hashed
+    whole, large ones (weights) by their first and last MiB, which hold the safetensors header."""
+    import hashlib
+
+    directory = Path(directory)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(directory)}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
+        with open(path, "rb") as handle:
+            if stat.st_size <= _WHOLE_FILE_HASH_LIMIT:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(_EDGE_BYTES))
+                handle.seek(-_EDGE_BYTES, os.SEEK_END)
+                digest.update(handle.read(_EDGE_BYTES))
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -177,10 +234,14 @@ def read_modules(model_dir: Path) -> list[Module]:
     entries = read_json(modules_file)
     if not isinstance(entries, list) or not entries:
         raise ModelFileError(modules_file, "must be a non-empty JSON list of modules")
-    modules = []
-    for position, entry in enumerate(sorted(entries, key=lambda e: e.get("idx", 0) if isinstance(e, dict) else 0)):
+    for position, entry in enumerate(entries):
         if not isinstance(entry, dict) or "type" not in entry:
             raise ModelFileError(modules_file, f"entry {position} is not an object with a 'type': {entry!r}")
+        index = entry.get("idx", position)
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise ModelFileError(modules_file, f"entry {position} has 'idx' {index!r}; it must be an integer")
+    modules = []
+    for position, entry in enumerate(sorted(entries, key=lambda e: e.get("idx", 0))):
         kind = module_kind(entry["type"])
         if kind is None:
             raise ModelFileError(

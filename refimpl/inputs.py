@@ -47,4 +47,5 @@ def as_text_list(sentences) -> tuple[list[str], bool]:
                 f"sentences[{index}] is not valid Unicode: {error.object[error.start]!r} at position {error.start} "
                 "is a lone surrogate"
             ) from None
-    return [str(item) for item in items], single
+    # the string's own value: a str subclass (a (str, Enum) member) may override __str__
+    return [str.__str__(item) for item in items], single

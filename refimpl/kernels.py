@@ -171,9 +171,14 @@ def bias_residual_layer_norm(y, bias, residual, gamma, beta, eps, inv_n, out):
 
 @kernel
 def embeddings_layer_norm(input_ids, token_type_ids, position_ids, word, token_type, position, gamma, beta, eps, inv_n, out):
-    """out[i] = LayerNorm(word[id] + token_type[type] + position[pos]): RobertaEmbeddings.forward."""
+    """out[i] = LayerNorm(word[id] + token_type[type] + position[pos]): RobertaEmbeddings.forward.
+
+    numba does not bounds-check: the indices are checked here (the callers check them too)."""
     for i in range(input_ids.shape[0]):
         row = out[i]
+        if not (0 <= input_ids[i] < word.shape[0] and 0 <= token_type_ids[i] < token_type.shape[0]
+                and 0 <= position_ids[i] < position.shape[0]):
+            raise IndexError("a token, type or position id is outside its embedding table")
         w, t, p = word[input_ids[i]], token_type[token_type_ids[i]], position[position_ids[i]]
         for j in range(row.shape[0]):
             row[j] = (w[j] + t[j]) + p[j]

@@ -26,19 +26,42 @@ from .weights import load_weights, read_state
 logger = logging.getLogger("refimpl")
 
 
-def resolve_max_seq_length(directory: Path, sbert: SentenceBertConfig, config: EncoderConfig) -> int:
-    """sentence_bert_config.json's max_seq_length, else tokenizer_config.json's model_max_length,
-    else what the position table holds; never more than the position table holds."""
+def resolve_max_seq_length(directory: Path, sbert: SentenceBertConfig, config: EncoderConfig) -> tuple[int, Path]:
+    """(max_seq_length, the file it came from): sentence_bert_config.json's max_seq_length, else
+    tokenizer_config.json's model_max_length, else what the position table holds; never more
+    than the position table holds."""
     # parsed even when max_seq_length is set, so that a broken file is reported, not ignored
     tokenizer_max_length = tokenizer_model_max_length(directory / "tokenizer_config.json")
-    max_length = sbert.max_seq_length or tokenizer_max_length or config.max_tokens
+    if sbert.max_seq_length:
+        max_length, source = sbert.max_seq_length, directory / "sentence_bert_config.json"
+    elif tokenizer_max_length:
+        max_length, source = tokenizer_max_length, directory / "tokenizer_config.json"
+    else:
+        max_length, source = config.max_tokens, config.path
     if max_length > config.max_tokens:
         logger.warning(
             "max_seq_length %d of %s exceeds the %d tokens its position table holds; truncating to %d",
             max_length, directory, config.max_tokens, config.max_tokens,
         )
-        max_length = config.max_tokens
-    return max_length
+        max_length, source = config.max_tokens, config.path
+    return max_length, source
+
+
+def check_tokenizer_fits(tokenizer: TextTokenizer, config: EncoderConfig, tokenizer_file: Path):
+    """Every id the tokenizer can produce must have a row in the embedding tables."""
+    largest, token, largest_type = tokenizer.largest_ids()
+    if largest >= config.vocab_size:
+        raise ModelFileError(
+            tokenizer_file,
+            f"the tokenizer has {tokenizer.vocab_size()} tokens but {config.path} says vocab_size={config.vocab_size}: "
+            f"token {token!r} has id {largest}, and ids from {config.vocab_size} on would have no embedding",
+        )
+    if largest_type >= config.type_vocab_size:
+        raise ModelFileError(
+            tokenizer_file,
+            f"the post-processor gives token type id {largest_type} but {config.path} says "
+            f"type_vocab_size={config.type_vocab_size}",
+        )
 
 
 class Transformer:
@@ -57,16 +80,16 @@ class Transformer:
         engine_class(engine)
         config = EncoderConfig.from_file(directory / "config.json")
         sbert = SentenceBertConfig.from_file(directory / "sentence_bert_config.json")
-        tokenizer = TextTokenizer(
-            load_backend(directory), max_length=resolve_max_seq_length(directory, sbert, config),
-            lowercase=sbert.do_lower_case, pad_token_id=config.pad_token_id,
-        )
-        if tokenizer.vocab_size() > config.vocab_size:
-            raise ModelFileError(
-                directory / "tokenizer.json",
-                f"the tokenizer has {tokenizer.vocab_size()} tokens but {config.path} says "
-                f"vocab_size={config.vocab_size}: some ids would have no embedding",
-            )
+        max_length, source = resolve_max_seq_length(directory, sbert, config)
+        tokenizer_file = directory / ("tokenizer.json" if (directory / "tokenizer.json").exists() else "vocab.txt")
+        try:
+            tokenizer = TextTokenizer(load_backend(directory), max_length=max_length,
+                                      lowercase=sbert.do_lower_case, pad_token_id=config.pad_token_id)
+        except ValueError as error:
+            if isinstance(error, ModelFileError):
+                raise
+            raise ModelFileError(source, f"{error} (with {tokenizer_file.name})") from None
+        check_tokenizer_fits(tokenizer, config, tokenizer_file)
         state, weights_file = read_state(directory)
         weights = load_weights(state, config, weights_file, dtype)
         return cls(directory, config, tokenizer, weights, weights_file, engine)
@@ -90,17 +113,6 @@ class Transformer:
         if name not in self._engines:
             self._engines[name] = engine_class(name)(self.weights, self._config, self.tokenizer.pad_token_id)
         return self._engines[name]
-
-    def check_ids(self, ids: np.ndarray, types: np.ndarray):
-        """Refuse ids the embedding tables do not have, before any engine indexes them."""
-        config = self._config
-        if ids.size and (ids.min() < 0 or ids.max() >= config.vocab_size):
-            bad = ids[(ids < 0) | (ids >= config.vocab_size)][0]
-            raise ValueError(f"token id {bad} is outside the vocabulary [0, {config.vocab_size})")
-        if types.size and (types.min() < 0 or types.max() >= config.type_vocab_size):
-            raise ValueError(f"token type ids must be in [0, {config.type_vocab_size})")
-        if ids.shape[-1] > config.max_tokens:
-            raise ValueError(f"{ids.shape[-1]} tokens exceed the {config.max_tokens} the position table holds")
 
     def __call__(self, batch: Encoded, output_hidden_states: bool = False, engine: str | None = None) -> TokenStates:
         return self.engine(engine).encode(batch, output_hidden_states)

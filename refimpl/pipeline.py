@@ -52,7 +52,6 @@ class Pipeline:
         types = np.asarray(features.get("token_type_ids", np.zeros_like(ids)), np.int64)
         if ids.ndim != 2 or mask.shape != ids.shape or types.shape != ids.shape:
             raise ValueError(f"input_ids, attention_mask and token_type_ids must all be [B, T]; got {ids.shape}, {mask.shape}, {types.shape}")
-        self.transformer.check_ids(ids, types)
         padded = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         with self.lock:
             states = self.transformer.engine(engine).encode_padded(padded, output_hidden_states)
