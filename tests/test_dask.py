@@ -171,3 +171,43 @@ def test_cli_run_resumes_after_the_client_dies(path, tmp_path):
     # a third run finds the output complete and does nothing
     third = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0 and json.loads((parts_dir / "manifest.json").read_text())["run"] == 2
+
+
+def test_a_resume_with_other_model_files_is_refused(client, tiny_model, tmp_path):
+    """The manifest records the model's content: weights changed under the same path must not mix."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from refimpl.dask import _fingerprint
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model("roberta"), model_dir)
+    write_corpus(tmp_path / "in.txt", 50, seed=5)
+    parts_dir = tmp_path / "out.npy.parts"  # an unfinished run of the model as it was
+    parts_dir.mkdir()
+    (parts_dir / "manifest.json").write_text(json.dumps({"fingerprint": _fingerprint(tmp_path / "in.txt", 10, str(model_dir), None, {}),
+                                                        "ranges": [], "rows": {}, "run": 1, "computed_in_run": {}}))
+    state = load_file(str(model_dir / "model.safetensors"))
+    state["embeddings.LayerNorm.bias"] = state["embeddings.LayerNorm.bias"] + 1
+    save_file(state, str(model_dir / "model.safetensors"))
+    from refimpl.dask import encode_file
+
+    with pytest.raises(ValueError, match="differs in model_content"):
+        encode_file(tmp_path / "in.txt", tmp_path / "out.npy", str(model_dir), client=client, lines_per_partition=10)
+
+
+def test_two_runs_on_one_input_keep_their_own_parts(client, tiny_model, path, tmp_path):
+    """Task keys name the output and the model: two concurrent runs on the same input never share tasks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from refimpl.dask import encode_file
+
+    texts = write_corpus(tmp_path / "in.txt", 400, seed=6)
+    other = str(tiny_model("roberta", seed=3))
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(encode_file, tmp_path / "in.txt", tmp_path / f"out-{i}.npy", model, client=client, lines_per_partition=50)
+                for i, model in enumerate([path, other])]
+        first, second = (run.result() for run in runs)
+    np.testing.assert_allclose(np.load(first), SentenceTransformer(path).encode(texts), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.load(second), SentenceTransformer(other).encode(texts), rtol=0, atol=1e-6)
