@@ -250,6 +250,19 @@ def cmd_convert(args):
     print(f"wrote {target}", file=sys.stderr)
 
 
+def cmd_verify(args):
+    from .verify import DEFAULT_SENTENCES, format_report, report
+
+    sentences = read_lines(args.sentences) if args.sentences else DEFAULT_SENTENCES
+    if not sentences:
+        raise SystemExit(f"refimpl: {args.sentences}: no sentences")
+    dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
+    result = report(args.model, sentences, dtypes, engine=args.engine, atol=args.atol)
+    print(json.dumps(result, indent=1) if args.json else format_report(result))
+    if not result["passed"]:
+        raise SystemExit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refimpl", description="Sentence embeddings in NumPy, no PyTorch.")
     parser.add_argument("--verbose", "-v", action="store_true", help="log progress")
@@ -301,6 +314,21 @@ def build_parser() -> argparse.ArgumentParser:
     sts.add_argument("--json", action="store_true", help="print one JSON object of the eight metrics")
     _add_model_arguments(sts)
     sts.set_defaults(func=cmd_eval_sts)
+
+    verify = sub.add_parser(
+        "verify", help="check refimpl against transformers on a model, layer by layer (needs refimpl[verify])",
+        description="Run the same sentences through refimpl and transformers / sentence-transformers and print, per "
+                    "layer, the max and mean |difference| and each side's float32 error against float64. Exits 1 when "
+                    "a difference is over tolerance (float32: 1e-5 per layer, 2e-5 on the output; float64: 1e-10; each times the "
+                    "layer's largest magnitude when it is over 1).",
+    )
+    verify.add_argument("model", help="a model directory or Hub id")
+    verify.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
+    verify.add_argument("--engine", choices=["fast", "reference"], default="fast")
+    verify.add_argument("--sentences", metavar="FILE", help="one sentence per line (default: built-in Korean and English)")
+    verify.add_argument("--atol", type=float, help="one absolute tolerance for every row instead of the defaults")
+    verify.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    verify.set_defaults(func=cmd_verify)
 
     convert = sub.add_parser("convert", help="pytorch_model.bin -> model.safetensors, without torch")
     convert.add_argument("source", metavar="IN.bin")

@@ -41,6 +41,9 @@ class TokenStates(Protocol):
     def padded_hidden_states(self) -> list[np.ndarray] | None:
         """L + 1 arrays [B, T, H] (embeddings first), when they were asked for."""
 
+    def sequence_attentions(self) -> list[list[np.ndarray]] | None:
+        """Per layer, one [nh, L_i, L_i] array of attention probabilities per sentence (real tokens), when asked for."""
+
     def pool(self, modes, prompt_length: int = 0) -> np.ndarray:
         """[B, len(modes) * H] sentence vectors."""
 
@@ -51,10 +54,10 @@ class Engine(Protocol):
     def plan(self, lengths: np.ndarray, batch_size: int) -> list[slice]:
         """Slices of length-sorted sentences (longest first), one per forward pass."""
 
-    def encode(self, batch: Encoded, output_hidden_states: bool = False) -> TokenStates:
+    def encode(self, batch: Encoded, output_hidden_states: bool = False, output_attentions: bool = False) -> TokenStates:
         """Run the encoder on a batch of packed ids."""
 
-    def encode_padded(self, features: dict, output_hidden_states: bool = False) -> TokenStates:
+    def encode_padded(self, features: dict, output_hidden_states: bool = False, output_attentions: bool = False) -> TokenStates:
         """Run the encoder on a padded {input_ids, attention_mask, token_type_ids} batch of [B, T] arrays."""
 
 
@@ -63,6 +66,7 @@ class PaddedStates:
     tokens: np.ndarray  # [B, T, H]
     attention_mask: np.ndarray  # [B, T]
     hidden_states: list | None
+    attentions: list | None = None  # L arrays [B, nh, T, T], padding included, as transformers gives them
 
     def sequences(self):
         return [self.tokens[b, :n] for b, n in enumerate(self.attention_mask.sum(axis=1))]
@@ -73,6 +77,12 @@ class PaddedStates:
     def padded_hidden_states(self):
         return self.hidden_states
 
+    def sequence_attentions(self):
+        if self.attentions is None:
+            return None
+        real = self.attention_mask.astype(bool)
+        return [[layer[b][:, real[b]][:, :, real[b]] for b in range(len(real))] for layer in self.attentions]
+
     def pool(self, modes, prompt_length=0):
         return pooling.pool_padded(self.tokens, self.attention_mask, modes, prompt_length)
 
@@ -82,7 +92,11 @@ class PackedStates:
     tokens: np.ndarray  # [N, H]
     batch: Encoded
     hidden_states: list | None  # of [N, H]
+    attentions: list | None = None  # per layer, one [nh, L, L] per sequence
     real: np.ndarray | None = None  # [B, T] of the padded batch it came from, if any
+
+    def sequence_attentions(self):
+        return self.attentions
 
     def _real(self):
         return self.batch.real_mask() if self.real is None else self.real
@@ -129,18 +143,19 @@ class ReferenceEngine:
     def plan(self, lengths, batch_size):
         return fixed_size_groups(len(lengths), batch_size)
 
-    def encode(self, batch, output_hidden_states=False):
-        return self.encode_padded(batch.padded(self.pad_token_id), output_hidden_states)
+    def encode(self, batch, output_hidden_states=False, output_attentions=False):
+        return self.encode_padded(batch.padded(self.pad_token_id), output_hidden_states, output_attentions)
 
-    def encode_padded(self, features, output_hidden_states=False):
+    def encode_padded(self, features, output_hidden_states=False, output_attentions=False):
         from . import forward
 
         mask = features["attention_mask"]
         check_indices(self.config, features["input_ids"], features["token_type_ids"], features["input_ids"].shape[-1])
-        tokens, hidden = forward.encoder(
-            features["input_ids"], features["token_type_ids"], mask, self.weights, self.config, output_hidden_states
+        tokens, hidden, attentions = forward.encoder(
+            features["input_ids"], features["token_type_ids"], mask, self.weights, self.config,
+            output_hidden_states, output_attentions,
         )
-        return PaddedStates(tokens, mask, hidden)
+        return PaddedStates(tokens, mask, hidden, attentions)
 
 
 class PackedEngine:
@@ -155,19 +170,20 @@ class PackedEngine:
         # packed sequences never see each other, so a forward pass need not follow batch_size
         return token_budget_groups(lengths, MAX_TOKENS_PER_FORWARD)
 
-    def encode(self, batch, output_hidden_states=False):
+    def encode(self, batch, output_hidden_states=False, output_attentions=False):
         from . import packed
 
         check_indices(self.config, batch.input_ids, batch.token_type_ids, int(batch.lengths.max(initial=0)))
-        tokens, hidden = packed.encoder(
-            batch.input_ids, batch.token_type_ids, batch.cu_seqlens, self.weights, self.config, output_hidden_states
+        tokens, hidden, attentions = packed.encoder(
+            batch.input_ids, batch.token_type_ids, batch.cu_seqlens, self.weights, self.config,
+            output_hidden_states, output_attentions,
         )
-        return PackedStates(tokens, batch, hidden)
+        return PackedStates(tokens, batch, hidden, attentions)
 
-    def encode_padded(self, features, output_hidden_states=False):
+    def encode_padded(self, features, output_hidden_states=False, output_attentions=False):
         mask = features["attention_mask"]
         batch = Encoded.from_padded(features["input_ids"], mask, features["token_type_ids"])
-        states = self.encode(batch, output_hidden_states)
+        states = self.encode(batch, output_hidden_states, output_attentions)
         states.real = mask.astype(bool)
         return states
 

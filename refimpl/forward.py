@@ -107,7 +107,10 @@ def attention_mask_bias(attention_mask, dtype):
 
 
 def self_attention(x, mask_bias, w, num_heads):
-    """RobertaSelfAttention with eager_attention_forward: softmax(Q K^T / sqrt(d) + mask) V per head."""
+    """RobertaSelfAttention with eager_attention_forward: softmax(Q K^T / sqrt(d) + mask) V per head.
+
+    Returns the context [B, T, H] and the attention probabilities [B, nh, T, T], which
+    transformers returns with ``output_attentions=True``."""
     B, T, H = x.shape
     d = H // num_heads
 
@@ -116,14 +119,16 @@ def self_attention(x, mask_bias, w, num_heads):
 
     q, k, v = (split_heads(linear(x, w[name])) for name in ("query", "key", "value"))
     scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d) + mask_bias  # [B, nh, T, d] -> [B, nh, T, T]
-    context = softmax(scores) @ v  # [B, nh, T, T] -> [B, nh, T, d]
-    return context.transpose(0, 2, 1, 3).reshape(B, T, H)  # [B, nh, T, d] -> [B, T, H]
+    probabilities = softmax(scores)
+    context = probabilities @ v  # [B, nh, T, T] -> [B, nh, T, d]
+    return context.transpose(0, 2, 1, 3).reshape(B, T, H), probabilities  # [B, nh, T, d] -> [B, T, H]
 
 
 def attention(x, mask_bias, w, config: EncoderConfig):
     """RobertaAttention: self-attention, then RobertaSelfOutput (dense, residual, LayerNorm)."""
-    context = self_attention(x, mask_bias, w["self"], config.num_attention_heads)
-    return layer_norm(linear(context, w["output"]["dense"]) + x, w["output"]["LayerNorm"], config.layer_norm_eps)
+    context, probabilities = self_attention(x, mask_bias, w["self"], config.num_attention_heads)
+    out = layer_norm(linear(context, w["output"]["dense"]) + x, w["output"]["LayerNorm"], config.layer_norm_eps)
+    return out, probabilities
 
 
 def ffn(x, w, config: EncoderConfig):
@@ -133,19 +138,26 @@ def ffn(x, w, config: EncoderConfig):
 
 
 def layer(x, mask_bias, w, config: EncoderConfig):
-    """RobertaLayer (post-LayerNorm): attention block, then feed-forward block."""
-    return ffn(attention(x, mask_bias, w["attention"], config), w, config)
+    """RobertaLayer (post-LayerNorm): attention block, then feed-forward block; and the attention probabilities."""
+    x, probabilities = attention(x, mask_bias, w["attention"], config)
+    return ffn(x, w, config), probabilities
 
 
-def encoder(input_ids, token_type_ids, attention_mask, weights, config: EncoderConfig, output_hidden_states=False):
-    """RobertaModel.forward without the pooler: the last hidden state [B, T, H], and with
-    ``output_hidden_states`` every layer's (embeddings first, L + 1 arrays), as transformers returns them."""
+def encoder(input_ids, token_type_ids, attention_mask, weights, config: EncoderConfig,
+            output_hidden_states=False, output_attentions=False):
+    """RobertaModel.forward without the pooler: the last hidden state [B, T, H]; with
+    ``output_hidden_states`` every layer's (embeddings first, L + 1 arrays), with
+    ``output_attentions`` every layer's attention probabilities (L arrays [B, nh, T, T]),
+    as transformers returns them. What is not asked for is not kept."""
     dtype = weights["embeddings"]["word_embeddings"]["weight"].dtype
     x = embeddings(input_ids, token_type_ids, weights["embeddings"], config)
     mask_bias = attention_mask_bias(attention_mask, dtype)
     hidden_states = [x] if output_hidden_states else None
+    attentions = [] if output_attentions else None
     for layer_weights in weights["encoder"]["layer"]:
-        x = layer(x, mask_bias, layer_weights, config)
+        x, probabilities = layer(x, mask_bias, layer_weights, config)
         if output_hidden_states:
             hidden_states.append(x)
-    return x, hidden_states
+        if output_attentions:
+            attentions.append(probabilities)
+    return x, hidden_states, attentions

@@ -142,16 +142,12 @@ class SentenceTransformer:
         counts = self._tokenizer.count_tokens(texts)
         return int(counts[0]) if single else counts.tolist()
 
-    def forward(self, features: dict, output_hidden_states: bool = False, engine: str | None = None) -> dict:
-        """Run the encoder and pooling on a padded batch from ``tokenize``.
-
-        Returns the features plus ``token_embeddings`` [B, T, H], ``sentence_embedding``
-        [B, D] and, with ``output_hidden_states``, ``hidden_states``: L + 1 arrays [B, T, H]
-        (embeddings first), as transformers' ``output_hidden_states=True`` gives them.
-        The fast engine leaves zeros at padded positions; the reference engine computes
-        them exactly as transformers does.
-        """
-        return self._pipeline.forward(features, output_hidden_states, engine)
+    def forward(self, features: dict, output_hidden_states=False, engine: str | None = None, output_attentions=False) -> dict:
+        """Encoder and pooling on a padded batch from ``tokenize``: the features plus ``token_embeddings``
+        [B, T, H] and ``sentence_embedding`` [B, D]; ``hidden_states`` (L + 1 arrays [B, T, H], embeddings
+        first) and ``attentions`` as transformers returns them (the reference engine: L arrays [B, nh, T, T];
+        the fast engine: per layer, one [nh, L_i, L_i] per sentence). The fast engine leaves zeros at padding."""
+        return self._pipeline.forward(features, output_hidden_states, engine, output_attentions)
 
     # --- encode ---------------------------------------------------------------------------------
 

@@ -65,6 +65,7 @@ def sequence_attention(q, k, v, start, stop, num_heads, scale, out):
 
     The products go through BLAS on head views of the packed rows (no copies); the
     softmax is one fused kernel. No mask: the sequence attends only to itself.
+    Returns the attention probabilities [nh, L, L].
     """
     length, H = stop - start, q.shape[1]
     d = H // num_heads
@@ -74,10 +75,12 @@ def sequence_attention(q, k, v, start, stop, num_heads, scale, out):
     scores = np.matmul(qh, kh)  # [nh, L, L]
     kernels.softmax_rows(scores, scale)
     out[start:stop].reshape(length, num_heads, d).transpose(1, 0, 2)[...] = np.matmul(scores, vh)  # -> [L, H]
+    return scores
 
 
-def attention(x, cu_seqlens, w, config: EncoderConfig):
-    """RobertaAttention on packed tokens: projections, per-sequence attention, dense + residual + LayerNorm."""
+def attention(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False):
+    """RobertaAttention on packed tokens: projections, per-sequence attention, dense + residual + LayerNorm;
+    with ``keep_probabilities`` also each sequence's attention probabilities [nh, L, L]."""
     sw = w["self"]
     q = matmul_t(x, sw["query"]["weight"])  # [N, H] -> [N, H]
     k = matmul_t(x, sw["key"]["weight"])
@@ -87,10 +90,14 @@ def attention(x, cu_seqlens, w, config: EncoderConfig):
     v += sw["value"]["bias"]
     context = np.empty_like(x)
     scale = _scalar(config.head_dim ** -0.5, x.dtype)
+    kept = [] if keep_probabilities else None
     for start, stop in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
+        probabilities = np.empty((config.num_attention_heads, 0, 0), x.dtype)
         if stop > start:
-            sequence_attention(q, k, v, start, stop, config.num_attention_heads, scale, context)
-    return dense_residual_layer_norm(context, x, w["output"], config)
+            probabilities = sequence_attention(q, k, v, start, stop, config.num_attention_heads, scale, context)
+        if keep_probabilities:
+            kept.append(probabilities)
+    return dense_residual_layer_norm(context, x, w["output"], config), kept
 
 
 def dense_residual_layer_norm(h, residual, w, config: EncoderConfig):
@@ -111,17 +118,23 @@ def ffn(x, w, config: EncoderConfig):
     return dense_residual_layer_norm(h, x, w["output"], config)  # [N, I] -> [N, H]
 
 
-def layer(x, cu_seqlens, w, config: EncoderConfig):
-    """RobertaLayer on packed tokens."""
-    return ffn(attention(x, cu_seqlens, w["attention"], config), w, config)
+def layer(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False):
+    """RobertaLayer on packed tokens (and, when asked, its attention probabilities per sequence)."""
+    x, probabilities = attention(x, cu_seqlens, w["attention"], config, keep_probabilities)
+    return ffn(x, w, config), probabilities
 
 
-def encoder(input_ids, token_type_ids, cu_seqlens, weights, config: EncoderConfig, output_hidden_states=False):
-    """The last hidden state of every real token, [N, H], and optionally every layer's."""
+def encoder(input_ids, token_type_ids, cu_seqlens, weights, config: EncoderConfig,
+            output_hidden_states=False, output_attentions=False):
+    """The last hidden state of every real token, [N, H]; optionally every layer's, and every
+    layer's attention probabilities as one [nh, L, L] array per sequence (no padding)."""
     x = embeddings(input_ids, token_type_ids, cu_seqlens, weights["embeddings"], config)
     hidden_states = [x] if output_hidden_states else None  # kept only when asked: 13 x [N, H]
+    attentions = [] if output_attentions else None
     for layer_weights in weights["encoder"]["layer"]:
-        x = layer(x, cu_seqlens, layer_weights, config)
+        x, probabilities = layer(x, cu_seqlens, layer_weights, config, output_attentions)
         if output_hidden_states:
             hidden_states.append(x)
-    return x, hidden_states
+        if output_attentions:
+            attentions.append(probabilities)
+    return x, hidden_states, attentions

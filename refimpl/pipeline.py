@@ -45,7 +45,8 @@ class Pipeline:
             )
         return sentence
 
-    def forward(self, features: dict, output_hidden_states: bool = False, engine: str | None = None) -> dict:
+    def forward(self, features: dict, output_hidden_states: bool = False, engine: str | None = None,
+                output_attentions: bool = False) -> dict:
         """Encoder and pooling on a padded [B, T] batch; see SentenceTransformer.forward."""
         ids = np.asarray(features["input_ids"], np.int64)
         mask = np.asarray(features.get("attention_mask", np.ones_like(ids)), np.int64)
@@ -54,11 +55,14 @@ class Pipeline:
             raise ValueError(f"input_ids, attention_mask and token_type_ids must all be [B, T]; got {ids.shape}, {mask.shape}, {types.shape}")
         padded = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         with self.lock:
-            states = self.transformer.engine(engine).encode_padded(padded, output_hidden_states)
+            states = self.transformer.engine(engine).encode_padded(padded, output_hidden_states, output_attentions)
             sentence = self.sentence_embeddings(states)
         out = dict(features, token_embeddings=states.padded(), sentence_embedding=sentence)
         if output_hidden_states:
             out["hidden_states"] = states.padded_hidden_states()
+        if output_attentions:
+            # the reference engine: L arrays [B, nh, T, T] as transformers; the fast engine: per layer, [nh, L_i, L_i] per sentence
+            out["attentions"] = states.attentions
         return out
 
     def run_batch(self, batch: Encoded, output_value: str, prompt_length: int = 0):
