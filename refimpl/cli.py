@@ -263,6 +263,38 @@ def cmd_verify(args):
         raise SystemExit(1)
 
 
+def cmd_explain(args):
+    from .explain import analyse, figures, html_page
+
+    if not args.png and not args.output:
+        args.output = "explain.html"
+    if args.output:
+        check_output(args.output, (".html", ".htm"))
+    head = None
+    if args.head:
+        try:
+            layer, number = (int(part) for part in args.head.split(":"))
+        except ValueError:
+            raise SystemExit(f"refimpl: --head {args.head!r}: give LAYER:HEAD, e.g. 12:0") from None
+        head = (layer - 1, number)
+    model = load_model(args)
+    if head is not None and not (0 <= head[0] < model.config.num_hidden_layers and 0 <= head[1] < model.config.num_attention_heads):
+        raise SystemExit(f"refimpl: --head {args.head}: the model has layers 1-{model.config.num_hidden_layers} "
+                         f"and heads 0-{model.config.num_attention_heads - 1}")
+    views = [analyse(model, text) for text in args.sentences]
+    pngs = figures(views, model.pooling_config.modes, head)
+    if args.png:
+        folder = Path(args.png)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in pngs.items():
+            write_atomically(folder / name, lambda handle, data=data: handle.write(data))
+        print(f"{len(pngs)} figures written to {folder}", file=sys.stderr)
+    if args.output:
+        page = html_page(model, views, pngs).encode("utf-8")
+        write_atomically(args.output, lambda handle: handle.write(page))
+        print(f"wrote {args.output}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refimpl", description="Sentence embeddings in NumPy, no PyTorch.")
     parser.add_argument("--verbose", "-v", action="store_true", help="log progress")
@@ -329,6 +361,18 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--atol", type=float, help="one absolute tolerance for every row instead of the defaults")
     verify.add_argument("--json", action="store_true", help="print the numbers as JSON")
     verify.set_defaults(func=cmd_verify)
+
+    explain = sub.add_parser(
+        "explain", help="an HTML page of what the model does with one or two sentences (needs refimpl[viz])",
+        description="Tokens, attention of every layer and head, how each layer moves the tokens, how pooling weighs "
+                    "them, and for two sentences which token pairs make their similarity; one self-contained page.",
+    )
+    explain.add_argument("sentences", nargs="+", metavar="SENTENCE", help="one or two sentences")
+    explain.add_argument("-o", "--output", metavar="PAGE.html", help="the page (default explain.html, unless --png)")
+    explain.add_argument("--png", metavar="DIR", help="write the figures as PNG files into DIR")
+    explain.add_argument("--head", metavar="LAYER:HEAD", help="the head to enlarge, e.g. 12:0 (default: last layer, head 0)")
+    _add_model_arguments(explain)
+    explain.set_defaults(func=cmd_explain)
 
     convert = sub.add_parser("convert", help="pytorch_model.bin -> model.safetensors, without torch")
     convert.add_argument("source", metavar="IN.bin")

@@ -179,8 +179,8 @@ class _StateDictUnpickler(pickle._Unpickler):
 def _open_archive(path: Path) -> zipfile.ZipFile:
     try:
         is_zip = zipfile.is_zipfile(path)
-    except OSError as error:
-        raise ModelFileError(path, f"cannot be read ({error})") from None
+    except _ZIP_ERRORS as error:  # is_zipfile itself raises on some damaged end records (found by fuzzing)
+        raise ModelFileError(path, f"cannot be read as a zip archive ({type(error).__name__}: {error})") from None
     if not is_zip:
         raise ModelFileError(
             path, "is not a zip archive: refimpl reads torch.save's format of torch >= 1.6 only "

@@ -459,6 +459,7 @@ def header_offset(raw: bytearray, name_part: bytes, signature=b"PK\x01\x02", nam
     ("unknown compression", "cannot be read from the archive"),
     ("broken deflate stream", "cannot be read from the archive"),
     ("truncated", ""),
+    ("multi-disk end record", "cannot be read as a zip archive"),  # found by the fuzzer: zipfile.is_zipfile raised
 ])
 def test_zip_level_corruption(tmp_path, damage, fragment):
     from refimpl.torch_pickle import read_pytorch_bin
@@ -484,8 +485,11 @@ def test_zip_level_corruption(tmp_path, damage, fragment):
         elif damage == "broken deflate stream":
             start = local + 30 + sum(struct.unpack("<HH", raw[local + 26 : local + 30]))
             raw[start : start + 8] = b"\xff" * 8
-        else:
+        elif damage == "truncated":
             del raw[len(raw) // 2 :]
+        else:  # a zip64 end-of-central-directory locator claiming two disks, just before the end record
+            end = raw.rfind(b"PK\x05\x06")
+            raw[end:end] = b"PK\x06\x07" + struct.pack("<LQL", 0, 0, 2)
 
     damaged_copy(source, tmp_path / "bad.bin", change)
     with pytest.raises(ModelFileError) as error:
