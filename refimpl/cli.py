@@ -266,6 +266,8 @@ def cmd_verify(args):
 def cmd_explain(args):
     from .explain import analyse, figures, html_page
 
+    if len(args.sentences) > 2:
+        raise SystemExit(f"refimpl: explain takes one or two sentences, got {len(args.sentences)}")
     if not args.png and not args.output:
         args.output = "explain.html"
     if args.output:
@@ -295,12 +297,7 @@ def cmd_explain(args):
         print(f"wrote {args.output}", file=sys.stderr)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="refimpl", description="Sentence embeddings in NumPy, no PyTorch.")
-    parser.add_argument("--verbose", "-v", action="store_true", help="log progress")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    encode = sub.add_parser("encode", help="embed sentences", description="Embed sentences; one per line from -i FILE or stdin.")
+def _encode_arguments(encode):
     encode.add_argument("texts", nargs="*", metavar="TEXT", help="sentences to embed")
     encode.add_argument("-i", "--input", metavar="FILE", help="read sentences from FILE, one per line ('-': stdin)")
     encode.add_argument("-o", "--output", metavar="OUT", help="write OUT.npy or OUT.jsonl (default: JSON lines on stdout)")
@@ -312,72 +309,85 @@ def build_parser() -> argparse.ArgumentParser:
     distributed.add_argument("--workers", type=int, metavar="N", help="start a local cluster of N worker processes")
     distributed.add_argument("--partition-lines", type=int, default=10_000, metavar="N",
                              help="lines per partition, the unit of resuming (default 10000)")
-    _add_model_arguments(encode)
-    encode.set_defaults(func=cmd_encode)
 
-    similarity = sub.add_parser("similarity", help="score two sentences with the model's similarity function")
+
+def _similarity_arguments(similarity):
     similarity.add_argument("first")
     similarity.add_argument("second")
     similarity.add_argument("--json", action="store_true")
-    _add_model_arguments(similarity)
-    similarity.set_defaults(func=cmd_similarity)
 
-    search = sub.add_parser(
-        "search", help="semantic search in a corpus file",
-        description="Embed the corpus (one passage per line) once, cache the embeddings beside it "
-                    "(.npy keyed by model and file hash), and print the top-k passages of each query.",
-    )
+
+def _search_arguments(search):
     search.add_argument("queries", nargs="*", metavar="QUERY", help="queries (default: one per line on stdin)")
     search.add_argument("--corpus", required=True, metavar="FILE")
     search.add_argument("--top-k", type=int, default=10)
     search.add_argument("--batch-size", type=int, default=32)
     search.add_argument("--no-cache", action="store_true", help="neither read nor write the embeddings cache")
     search.add_argument("--json", action="store_true", help="one JSON object per query")
-    _add_model_arguments(search)
-    search.set_defaults(func=cmd_search)
 
-    sts = sub.add_parser(
-        "eval-sts", help="Pearson/Spearman on an STS set, as sentence-transformers' EmbeddingSimilarityEvaluator",
-        description="FILE: KLUE-STS JSON (sentence1, sentence2, labels.label) or CSV/TSV with sentence1, sentence2, score.",
-    )
+
+def _eval_sts_arguments(sts):
     sts.add_argument("file")
     sts.add_argument("--label-key", default="label", help="KLUE label to use: label (default) or real-label")
     sts.add_argument("--batch-size", type=int, default=16)
     sts.add_argument("--json", action="store_true", help="print one JSON object of the eight metrics")
-    _add_model_arguments(sts)
-    sts.set_defaults(func=cmd_eval_sts)
 
-    verify = sub.add_parser(
-        "verify", help="check refimpl against transformers on a model, layer by layer (needs refimpl[verify])",
-        description="Run the same sentences through refimpl and transformers / sentence-transformers and print, per "
-                    "layer, the max and mean |difference| and each side's float32 error against float64. Exits 1 when "
-                    "a difference is over tolerance (float32: 1e-5 per layer, 2e-5 on the output; float64: 1e-10; each times the "
-                    "layer's largest magnitude when it is over 1).",
-    )
+
+def _verify_arguments(verify):
     verify.add_argument("model", help="a model directory or Hub id")
     verify.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
     verify.add_argument("--engine", choices=["fast", "reference"], default="fast")
     verify.add_argument("--sentences", metavar="FILE", help="one sentence per line (default: built-in Korean and English)")
     verify.add_argument("--atol", type=float, help="one absolute tolerance for every row instead of the defaults")
     verify.add_argument("--json", action="store_true", help="print the numbers as JSON")
-    verify.set_defaults(func=cmd_verify)
 
-    explain = sub.add_parser(
-        "explain", help="an HTML page of what the model does with one or two sentences (needs refimpl[viz])",
-        description="Tokens, attention of every layer and head, how each layer moves the tokens, how pooling weighs "
-                    "them, and for two sentences which token pairs make their similarity; one self-contained page.",
-    )
+
+def _explain_arguments(explain):
     explain.add_argument("sentences", nargs="+", metavar="SENTENCE", help="one or two sentences")
     explain.add_argument("-o", "--output", metavar="PAGE.html", help="the page (default explain.html, unless --png)")
     explain.add_argument("--png", metavar="DIR", help="write the figures as PNG files into DIR")
     explain.add_argument("--head", metavar="LAYER:HEAD", help="the head to enlarge, e.g. 12:0 (default: last layer, head 0)")
-    _add_model_arguments(explain)
-    explain.set_defaults(func=cmd_explain)
 
-    convert = sub.add_parser("convert", help="pytorch_model.bin -> model.safetensors, without torch")
+
+def _convert_arguments(convert):
     convert.add_argument("source", metavar="IN.bin")
     convert.add_argument("target", metavar="OUT.safetensors")
-    convert.set_defaults(func=cmd_convert)
+
+
+# name, function, its arguments, whether it loads a model, help, description
+COMMANDS = [
+    ("encode", cmd_encode, _encode_arguments, True, "embed sentences", "Embed sentences; one per line from -i FILE or stdin."),
+    ("similarity", cmd_similarity, _similarity_arguments, True, "score two sentences with the model's similarity function", None),
+    ("search", cmd_search, _search_arguments, True, "semantic search in a corpus file",
+     "Embed the corpus (one passage per line) once, cache the embeddings beside it (.npy keyed by the model's files "
+     "and the corpus's hash), and print the top-k passages of each query."),
+    ("eval-sts", cmd_eval_sts, _eval_sts_arguments, True,
+     "Pearson/Spearman on an STS set, as sentence-transformers' EmbeddingSimilarityEvaluator",
+     "FILE: KLUE-STS JSON (sentence1, sentence2, labels.label) or CSV/TSV with sentence1, sentence2, score."),
+    ("verify", cmd_verify, _verify_arguments, False,
+     "check refimpl against transformers on a model, layer by layer (needs refimpl[verify])",
+     "Run the same sentences through refimpl and transformers / sentence-transformers and print, per layer, the max "
+     "and mean |difference| and each side's float32 error against float64. Exits 1 when a difference is over "
+     "tolerance (float32: 1e-5 per layer, 2e-5 on the output; float64: 1e-10; each times the layer's largest "
+     "magnitude when it is over 1)."),
+    ("explain", cmd_explain, _explain_arguments, True,
+     "an HTML page of what the model does with one or two sentences (needs refimpl[viz])",
+     "Tokens, attention of every layer and head, how each layer moves the tokens, how pooling weighs them, and for "
+     "two sentences which token pairs make their similarity; one self-contained page."),
+    ("convert", cmd_convert, _convert_arguments, False, "pytorch_model.bin -> model.safetensors, without torch", None),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="refimpl", description="Sentence embeddings in NumPy, no PyTorch.")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, function, arguments, loads_model, help_text, description in COMMANDS:
+        command = sub.add_parser(name, help=help_text, description=description or help_text)
+        arguments(command)
+        if loads_model:
+            _add_model_arguments(command)
+        command.set_defaults(func=function)
     return parser
 
 
