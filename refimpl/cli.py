@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from .files import DEFAULT_MODEL, write_atomically
+from .files import DEFAULT_MODEL, read_user_text, write_atomically
 
 
 def _add_model_arguments(parser):
@@ -44,18 +44,7 @@ def load_model(args):
 def read_lines(path: str | None) -> list[str]:
     """One sentence per line (a trailing newline does not make an extra sentence); '-' is stdin.
     A UTF-8 byte order mark at the start is not part of the first sentence."""
-    if path is None or path == "-":
-        text = sys.stdin.read()
-    else:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise SystemExit(f"refimpl: {path}: no such file") from None
-        except IsADirectoryError:
-            raise SystemExit(f"refimpl: {path}: is a directory, not a text file") from None
-        except UnicodeDecodeError as error:
-            raise SystemExit(f"refimpl: {path}: not UTF-8 text ({error})") from None
-    text = text.removeprefix("\ufeff")
+    text = sys.stdin.read().removeprefix("\ufeff") if path is None or path == "-" else read_user_text(path)
     return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n") if text else []
 
 

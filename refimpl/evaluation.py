@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import read_user_text
 from .util import PAIRWISE_SIMILARITY
 
 def pearson(x, y) -> float:
@@ -97,14 +98,7 @@ def _csv_pairs(path, text, label_key):
 def load_sts(path, label_key: str = "label"):
     """(sentences1, sentences2, scores) from a KLUE-STS JSON file or a CSV/TSV file with a header."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: is a directory") from None
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text ({error})") from None
+    text = read_user_text(path)
     if not text.strip():
         raise ValueError(f"{path}: the file is empty")
     is_json = path.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{"))

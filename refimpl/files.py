@@ -173,6 +173,20 @@ def write_atomically(path, write):
         temporary.unlink(missing_ok=True)
 
 
+def read_user_text(path) -> str:
+    """A user's UTF-8 text file (sentences, an STS set), without a leading byte order mark;
+    a missing file, a directory or another encoding is a ValueError naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory, not a text file") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error})") from None
+    return text.removeprefix("\ufeff")
+
+
 _WHOLE_FILE_HASH_LIMIT = 4 * 1024 * 1024
 _EDGE_BYTES = 1024 * 1024
 

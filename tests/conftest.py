@@ -156,6 +156,23 @@ def path(tiny_model) -> Path:
     return tiny_model("roberta")
 
 
+@pytest.fixture()
+def broken(tiny_model, tmp_path):
+    """A fresh copy of the tiny RoBERTa model, for a test to break."""
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model("roberta"), copy)
+    return copy
+
+
+def edit_json(path, change):
+    """Load a JSON file, let ``change`` edit the data in place, write it back."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    change(data)
+    Path(path).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
 @pytest.fixture(scope="session")
 def model(path):
     """refimpl on the default tiny model, shared by the tests that only read from it."""

@@ -47,6 +47,11 @@ def dump(data) -> bytes:
     return text.encode()
 
 
+def fuzz_settings(examples: int, derandomize: bool):
+    return settings(max_examples=examples, deadline=None, database=None, derandomize=derandomize,
+                    suppress_health_check=list(HealthCheck))
+
+
 def record(target: str, outcome: str):
     OUTCOMES[target][outcome] += 1
 
@@ -107,8 +112,7 @@ def safetensors_target(model_dir: Path, examples: int, derandomize: bool):
         declared = draw(st.sampled_from([len(text), len(text), len(text) + 1, 2**63, 0]))
         return struct.pack("<Q", declared) + text + raw[8 + header_length :]
 
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=derandomize,
-              suppress_health_check=list(HealthCheck))
+    @fuzz_settings(examples, derandomize)
     @given(st.data())
     def run(data):
         draw = data.draw
@@ -171,8 +175,7 @@ def torch_bin_target(torch_bin: Path, examples: int, derandomize: bool):
                 archive.writestr(info.filename, content)
         return path.read_bytes()
 
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=derandomize,
-              suppress_health_check=list(HealthCheck))
+    @fuzz_settings(examples, derandomize)
     @given(st.data())
     def run(data):
         draw = data.draw
@@ -225,8 +228,7 @@ def json_target(model_dir: Path, examples: int, derandomize: bool):
             data = draw(JSON_VALUES)
         return dump(data)
 
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=derandomize,
-              suppress_health_check=list(HealthCheck))
+    @fuzz_settings(examples, derandomize)
     @given(st.data())
     def run(data):
         draw = data.draw

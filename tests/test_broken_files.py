@@ -11,23 +11,9 @@ import struct
 import numpy as np
 import pytest
 
-from conftest import check_parity
+from conftest import check_parity, edit_json
 from refimpl import SentenceTransformer
 from refimpl.errors import ModelFileError, ModelNotFoundError
-
-
-@pytest.fixture()
-def broken(tiny_model, tmp_path):
-    """A fresh copy of a tiny RoBERTa model to break."""
-    path = tmp_path / "model"
-    shutil.copytree(tiny_model("roberta"), path)
-    return path
-
-
-def edit_json(path, change):
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
 
 
 def safetensors_parts(path):

@@ -15,23 +15,9 @@ from enum import Enum
 import numpy as np
 import pytest
 
-from conftest import ROOT, TEXTS, check_parity, st_model
+from conftest import ROOT, TEXTS, check_parity, edit_json, st_model
 from refimpl import SentenceTransformer
 from refimpl.errors import ModelFileError, UnsafePickleError
-
-
-@pytest.fixture()
-def broken(tiny_model, tmp_path):
-    """A fresh copy of a tiny RoBERTa model to break."""
-    path = tmp_path / "model"
-    shutil.copytree(tiny_model("roberta"), path)
-    return path
-
-
-def edit_json(path, change):
-    data = json.loads(path.read_text(encoding="utf-8"))
-    change(data)
-    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
 
 def load_error(path) -> str:
