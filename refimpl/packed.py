@@ -92,9 +92,10 @@ def attention(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False)
     scale = _scalar(config.head_dim ** -0.5, x.dtype)
     kept = [] if keep_probabilities else None
     for start, stop in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
-        probabilities = np.empty((config.num_attention_heads, 0, 0), x.dtype)
         if stop > start:
             probabilities = sequence_attention(q, k, v, start, stop, config.num_attention_heads, scale, context)
+        else:
+            probabilities = np.empty((config.num_attention_heads, 0, 0), x.dtype)
         if keep_probabilities:
             kept.append(probabilities)
     return dense_residual_layer_norm(context, x, w["output"], config), kept
