@@ -12,6 +12,8 @@ the tokens of the words before a word boundary do not depend on anything after i
   it into one [UNK] whatever its length, so it is shortened to the window (still [UNK]); a
   model that splits it into many tokens keeps a prefix of the word with a margin of tokens
   beyond the cut (only the last few tokens of a cut word can differ).
+- A stretch that gives no token at all (whitespace that WordPiece drops, zero-width characters the
+  normalizer removes) is dropped: it cannot join the words around it into one.
 - Anything undecided falls back to the whole text, so results never change.
 tests/test_hardening.py compares the bounded and the whole tokenization on such texts.
 """
@@ -47,8 +49,8 @@ def bounded_text(text: str, untruncated, max_length: int, unk_id: int | None, wi
     position = window
     while position < len(text):
         encoding = untruncated.encode(text[:position], add_special_tokens=False)
-        if not encoding.ids:
-            position *= 2
+        if not encoding.ids:  # nothing but characters that vanish (whitespace, zero-width): drop them
+            text = text[position:]
             continue
         words = encoding.word_ids
         first_of_last = words.index(words[-1])
