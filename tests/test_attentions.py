@@ -86,3 +86,14 @@ def test_a_broken_attention_fails_the_check(tiny_model):
     model.weights["encoder"]["layer"][1]["attention"]["self"]["query"]["bias"] = np.zeros_like(bias)
     with pytest.raises(AssertionError):
         check_attentions("broken query bias", path, model, "float64", 1e-10)
+
+
+def test_sequence_attentions_are_the_same_from_both_engines(model):
+    batch = model._tokenizer.encode(BATCH)
+    reference = model._pipeline.transformer.engine("reference").encode(batch, output_attentions=True).sequence_attentions()
+    fast = model._pipeline.transformer.engine("fast").encode(batch, output_attentions=True).sequence_attentions()
+    assert len(reference) == len(fast) == model.config.num_hidden_layers
+    for layer_ref, layer_fast in zip(reference, fast):
+        assert [a.shape for a in layer_ref] == [a.shape for a in layer_fast]
+        for a, b in zip(layer_ref, layer_fast):
+            check_parity("sequence_attentions", a, b, 1e-5)
