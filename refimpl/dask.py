@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import streamable_encode_kwargs
 from .files import DEFAULT_MODEL
 
 _MODELS: dict = {}  # this process's loaded models, by model and options
@@ -48,12 +49,6 @@ def worker_model(model=DEFAULT_MODEL, model_kwargs=None, blas_threads=None):
                 set_threads(blas_threads)
             _MODELS[key] = SentenceTransformer(model, **(model_kwargs or {}))
         return _MODELS[key]
-
-
-def _check_encode_kwargs(encode_kwargs):
-    from .checks import streamable_encode_kwargs
-
-    streamable_encode_kwargs(encode_kwargs, "between partitions")
 
 
 def encode_texts(texts, model, model_kwargs=None, blas_threads=None, batch_size=32, encode_kwargs=None) -> np.ndarray:
@@ -99,7 +94,7 @@ def _encode_delayed(partitions, model, batch_size, model_kwargs, encode_kwargs):
     import dask
     import dask.array as da
 
-    _check_encode_kwargs(encode_kwargs)
+    streamable_encode_kwargs(encode_kwargs, "between partitions")
     client = _default_client()
     blas = plan_blas_threads(client) if client is not None else None
     dim, dtype = dask.delayed(_probe, pure=True)(model, model_kwargs, blas, encode_kwargs).compute()
@@ -216,7 +211,7 @@ def encode_file(
     the partitions) and one ``part-NNNNNN.npy`` per finished partition. A rerun with the same
     input, model and options skips finished partitions; the parts are assembled into the output
     through a memory map at the end, then removed."""
-    _check_encode_kwargs(encode_kwargs)
+    streamable_encode_kwargs(encode_kwargs, "between partitions")
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.suffix != ".npy":
         raise ValueError(f"{output_path}: the output of a distributed run must be a .npy file")

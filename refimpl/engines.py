@@ -132,13 +132,19 @@ def check_indices(config: EncoderConfig, input_ids: np.ndarray, token_type_ids: 
         raise ValueError(f"a sequence of {longest} tokens exceeds the {config.max_tokens} the position table holds")
 
 
-class ReferenceEngine:
-    """forward.py on padded batches of ``batch_size`` sentences, as sentence-transformers batches them."""
+class _EngineBase:
+    """What every engine is built from: the checkpoint's weights, config.json, the padding id."""
 
-    name = "reference"
+    name: ClassVar[str]
 
     def __init__(self, weights: dict, config: EncoderConfig, pad_token_id: int):
         self.weights, self.config, self.pad_token_id = weights, config, pad_token_id
+
+
+class ReferenceEngine(_EngineBase):
+    """forward.py on padded batches of ``batch_size`` sentences, as sentence-transformers batches them."""
+
+    name = "reference"
 
     def plan(self, lengths, batch_size):
         return fixed_size_groups(len(lengths), batch_size)
@@ -158,13 +164,10 @@ class ReferenceEngine:
         return PaddedStates(tokens, mask, hidden, attentions)
 
 
-class PackedEngine:
+class PackedEngine(_EngineBase):
     """packed.py on packed tokens: no padding, numba kernels, BLAS products."""
 
     name = "fast"
-
-    def __init__(self, weights: dict, config: EncoderConfig, pad_token_id: int):
-        self.weights, self.config, self.pad_token_id = weights, config, pad_token_id
 
     def plan(self, lengths, batch_size):
         # packed sequences never see each other, so a forward pass need not follow batch_size

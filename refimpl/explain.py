@@ -9,6 +9,7 @@ puts the figures in a page as data URIs, so the page opens offline and fetches n
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
@@ -109,7 +110,9 @@ def pair_contributions(first: SentenceView, second: SentenceView, modes) -> np.n
 # --- figures ----------------------------------------------------------------------------------
 
 
+@functools.cache
 def _pyplot():
+    """matplotlib's pyplot on the Agg backend, with a Hangul font when one is installed (set up once)."""
     try:
         import matplotlib
     except ImportError:

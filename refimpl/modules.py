@@ -77,7 +77,6 @@ class Transformer:
 
     @classmethod
     def from_dir(cls, directory: Path, *, dtype=np.float32, engine: str = DEFAULT_ENGINE) -> "Transformer":
-        engine_class(engine)
         config = EncoderConfig.from_file(directory / "config.json")
         sbert = SentenceBertConfig.from_file(directory / "sentence_bert_config.json")
         max_length, source = resolve_max_seq_length(directory, sbert, config)

@@ -116,39 +116,44 @@ def check_tokens(model, oracle, sentences) -> dict:
             "truncated": int((np.asarray(model.token_count(sentences)) > model.max_seq_length).sum())}
 
 
-def compare(model_dir, oracle, sentences, dtype: str, engine: str = "fast", atol: float | None = None) -> list[Row]:
-    """One Row per layer: refimpl (``dtype``, ``engine``) against torch in the same dtype."""
-    from .model import SentenceTransformer
-
-    model = SentenceTransformer(model_dir, dtype=dtype, engine=engine)
-    features = model.tokenize(sentences)
+def compare(model, features, torch_layers, atol: float | None = None) -> list[Row]:
+    """One Row per layer: ``model`` (its dtype and engine) against ``torch_layers(dtype)``, which
+    gives torch's layers on the same ``features`` in that dtype."""
+    dtype = model.dtype.name
     real = features["attention_mask"].astype(bool)
-    directory = model._pipeline.transformer.directory
-    ours = _refimpl_layers(model, features)
-    theirs = _torch_layers(directory, features, oracle, model.normalize, dtype)
-    truth = theirs if dtype == "float64" else _torch_layers(directory, features, oracle, model.normalize, "float64")
+    ours, theirs, truth = _refimpl_layers(model, features), torch_layers(dtype), torch_layers("float64")
     per_layer, output = TOLERANCES[dtype]
+    low = dtype == "float32"
     rows = []
     for index, name in enumerate(layer_names(model)):
         pick = (lambda a: a[real]) if index <= model.config.num_hidden_layers else (lambda a: a)
         a, b, t = pick(ours[index]), pick(theirs[index]), pick(truth[index])
         scale = max(1.0, float(np.abs(t).max(initial=0.0)))
         tolerance = atol if atol is not None else (per_layer if index <= model.config.num_hidden_layers else output) * scale
-        low = dtype == "float32"
         rows.append(Row(name, *_differences(a, b), _differences(a, t)[0] if low else None,
                         _differences(b, t)[0] if low else None, tolerance))
     return rows
 
 
 def report(model_dir, sentences, dtypes, engine="fast", atol=None) -> dict:
+    """Tokenization and every layer of refimpl against the oracle, for each dtype in ``dtypes``."""
     from .model import SentenceTransformer
 
-    model = SentenceTransformer(model_dir, engine=engine)
-    oracle = load_oracle(model.model_dir)
-    result = {"model": str(model.model_dir), "engine": engine, "sentences": len(sentences),
-              "tokens": check_tokens(model, oracle, sentences), "dtypes": {}}
-    for dtype in dtypes:
-        rows = compare(model.model_dir, oracle, sentences, dtype, engine, atol)
+    models = {dtype: SentenceTransformer(model_dir, dtype=dtype, engine=engine) for dtype in dtypes}
+    first = next(iter(models.values()))
+    oracle = load_oracle(first.model_dir)
+    features = first.tokenize(sentences)  # the tokenizer does not depend on the dtype
+    computed: dict = {}
+
+    def torch_layers(dtype):  # each dtype's torch pass once, float64 shared as the truth
+        if dtype not in computed:
+            computed[dtype] = _torch_layers(first._pipeline.transformer.directory, features, oracle, first.normalize, dtype)
+        return computed[dtype]
+
+    result = {"model": str(first.model_dir), "engine": engine, "sentences": len(sentences),
+              "tokens": check_tokens(first, oracle, sentences), "dtypes": {}}
+    for dtype, model in models.items():
+        rows = compare(model, features, torch_layers, atol)
         result["dtypes"][dtype] = {"passed": all(r.ok for r in rows), "rows": [asdict(r) | {"ok": r.ok} for r in rows]}
     result["passed"] = result["tokens"]["match"] and all(d["passed"] for d in result["dtypes"].values())
     return result

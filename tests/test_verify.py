@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import subprocess
@@ -45,7 +46,7 @@ def test_verify_passes_on_real_minilm_weights(minilm_dir, capsys):
 @pytest.mark.parametrize("engine, target", [("fast", "refimpl.kernels.bias_gelu"), ("reference", "refimpl.forward.gelu")])
 def test_verify_fails_on_a_broken_refimpl(tiny_model, capsys, monkeypatch, engine, target):
     module_name, name = target.rsplit(".", 1)
-    module = sys.modules[module_name] if module_name in sys.modules else __import__(module_name, fromlist=[name])
+    module = importlib.import_module(module_name)
     original = getattr(module, name)
     if engine == "fast":
         def broken(h, bias):
