@@ -14,6 +14,7 @@ from .config import SentenceTransformerConfig, resolve_prompt
 from .engines import DEFAULT_ENGINE, engine_class
 from .files import DEFAULT_MODEL, resolve_model_dir
 from .inputs import as_text_list
+from .batch import Encoded
 from .pipeline import finish, load, warn_truncated
 
 logger = logging.getLogger("refimpl")
@@ -141,6 +142,17 @@ class SentenceTransformer:
         texts, single = as_text_list(sentences)
         counts = self._tokenizer.count_tokens(texts)
         return int(counts[0]) if single else counts.tolist()
+
+    def tokenize_batch(self, texts: list[str]) -> "Encoded":
+        """Token ids of ``texts`` packed without padding (``Encoded``: input_ids, token_type_ids, lengths,
+        truncated), cut to ``max_seq_length`` as ``encode`` cuts them."""
+        texts, _ = as_text_list(texts)
+        return self._tokenizer.encode(texts)
+
+    def embed_batch(self, encoded: "Encoded", prompt_length: int = 0) -> np.ndarray:
+        """[B, D] sentence embeddings of already tokenized sequences (``tokenize_batch``), in their order,
+        through the model's modules (Pooling [-> Normalize]); no truncate_dim, normalization or precision."""
+        return self._pipeline.embed(encoded, 32, "sentence_embedding", prompt_length)
 
     def forward(self, features: dict, output_hidden_states=False, engine: str | None = None, output_attentions=False) -> dict:
         """Encoder and pooling on a padded batch from ``tokenize``: the features plus ``token_embeddings``
