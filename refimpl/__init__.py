@@ -9,7 +9,7 @@ Submodules load lazily: ``import refimpl`` imports neither numba nor huggingface
 
 from __future__ import annotations
 
-from .files import DEFAULT_MODEL
+from refimpl.load.locate import DEFAULT_MODEL
 
 __version__ = "0.1.0"
 __all__ = ["DEFAULT_MODEL", "SentenceTransformer", "__version__"]
@@ -17,7 +17,7 @@ __all__ = ["DEFAULT_MODEL", "SentenceTransformer", "__version__"]
 
 def __getattr__(name):
     if name == "SentenceTransformer":
-        from .model import SentenceTransformer
+        from refimpl.model import SentenceTransformer
 
         return SentenceTransformer
     if name in ("util", "quantization", "langchain", "dask"):

@@ -1,3 +1,3 @@
-from .cli import main
+from refimpl.apps.cli import main
 
 main()

@@ -13,13 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The fast engine runs length-sorted sentences in packs of up to this many tokens (a longer
-# sentence goes alone), whatever batch_size says: BLAS is faster on a few thousand rows than on
-# the few hundred of 32 short sentences, and activations stay bounded for any mix of lengths.
-# Results do not depend on it: packed sequences never see each other. docs/performance.md
-# gives the measurement (tools/microbench.py tokens).
-MAX_TOKENS_PER_FORWARD = 2048
-
 
 def cu_seqlens_from_lengths(lengths) -> np.ndarray:
     """[3, 1, 2] -> [0, 3, 4, 6]: where each sequence starts in the packed tokens."""
@@ -40,12 +33,16 @@ class Encoded:
         return cu_seqlens_from_lengths(self.lengths)
 
     @classmethod
-    def concatenate(cls, parts: list["Encoded"]) -> "Encoded":
-        return cls(*(np.concatenate([getattr(p, field) for p in parts])
-                     for field in ("input_ids", "token_type_ids", "lengths", "truncated")))
+    def concatenate(cls, parts: list[Encoded]) -> Encoded:
+        return cls(
+            *(
+                np.concatenate([getattr(p, field) for p in parts])
+                for field in ("input_ids", "token_type_ids", "lengths", "truncated")
+            )
+        )
 
     @classmethod
-    def from_padded(cls, input_ids, attention_mask, token_type_ids) -> "Encoded":
+    def from_padded(cls, input_ids, attention_mask, token_type_ids) -> Encoded:
         """The real tokens of a right-padded [B, T] batch (attention_mask 1...1 0...0 per row)."""
         lengths = attention_mask.sum(axis=1)
         if not all((attention_mask[b, :n] == 1).all() for b, n in enumerate(lengths)):
@@ -53,7 +50,7 @@ class Encoded:
         real = attention_mask.astype(bool)
         return cls(input_ids[real], token_type_ids[real], lengths, np.zeros(len(lengths), bool))
 
-    def select(self, indices) -> "Encoded":
+    def select(self, indices) -> Encoded:
         """The sequences at ``indices``, in that order, packed again."""
         cu = self.cu_seqlens
         rows = np.concatenate([np.arange(cu[i], cu[i + 1]) for i in indices]) if len(indices) else np.empty(0, np.int64)

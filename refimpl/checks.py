@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
+
 
 def positive_int(name: str, value, *, allow_none: bool = False) -> int | None:
     """``value`` as a Python int when it is a whole number >= 1 (int or NumPy integer, never bool).
@@ -27,8 +29,20 @@ def cpu_device(device) -> None:
 def streamable_encode_kwargs(encode_kwargs: dict, where: str) -> None:
     """Refuse ``encode`` options whose result would depend on how the input is split (``embed``, Dask)."""
     if encode_kwargs.get("precision", "float32") in ("int8", "uint8"):
-        raise ValueError(f"int8/uint8 ranges come from the embeddings quantized together and would differ {where}; "
-                         "quantize the float embeddings afterwards with "
-                         "refimpl.quantization.quantize_embeddings(..., ranges=...)")
+        raise ValueError(
+            f"int8/uint8 ranges come from the embeddings quantized together and would differ {where}; "
+            "quantize the float embeddings afterwards with "
+            "refimpl.quantization.quantize_embeddings(..., ranges=...)"
+        )
     if encode_kwargs.get("output_value", "sentence_embedding") != "sentence_embedding":
         raise ValueError(f"only sentence embeddings can be streamed ({where} they are assembled row by row)")
+
+
+DTYPES = ("float32", "float64")
+
+
+def compute_dtype(dtype) -> np.dtype:
+    """The dtype the model computes in: float32, or float64 for verification."""
+    if str(dtype) not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    return np.dtype(str(dtype))

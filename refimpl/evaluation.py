@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import read_user_text
-from .util import PAIRWISE_SIMILARITY
+from refimpl.io import read_user_text
+from refimpl.load.config import SIMILARITY_FUNCTIONS
+from refimpl.util import PAIRWISE_SIMILARITY
+
 
 def pearson(x, y) -> float:
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
@@ -78,7 +80,9 @@ def _json_pairs(path, text, label_key):
             label = item["labels"][label_key] if "labels" in item else item[label_key]
             first, second = item["sentence1"], item["sentence2"]
         except (KeyError, TypeError) as error:
-            raise ValueError(f"{path}: item {index} lacks sentence1, sentence2 or labels.{label_key} ({error})") from None
+            raise ValueError(
+                f"{path}: item {index} lacks sentence1, sentence2 or labels.{label_key} ({error})"
+            ) from None
         pairs.append(_pair(path, f"item {index}", first, second, label))
     return pairs
 
@@ -86,13 +90,19 @@ def _json_pairs(path, text, label_key):
 def _csv_pairs(path, text, label_key):
     lines = text.splitlines()
     delimiter = "\t" if path.suffix.lower() == ".tsv" or "\t" in lines[0] else ","
-    reader = csv.DictReader(lines, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+    reader = csv.DictReader(
+        lines, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    )
     columns = {name.strip().lower(): name for name in reader.fieldnames or []}
     score_column = next((columns[c] for c in ("score", label_key.lower(), "label", "similarity") if c in columns), None)
     if "sentence1" not in columns or "sentence2" not in columns or score_column is None:
-        raise ValueError(f"{path}: the header must name sentence1, sentence2 and score columns, got {reader.fieldnames}")
-    return [_pair(path, f"line {number}", row[columns["sentence1"]], row[columns["sentence2"]], row[score_column])
-            for number, row in enumerate(reader, start=2)]
+        raise ValueError(
+            f"{path}: the header must name sentence1, sentence2 and score columns, got {reader.fieldnames}"
+        )
+    return [
+        _pair(path, f"line {number}", row[columns["sentence1"]], row[columns["sentence2"]], row[score_column])
+        for number, row in enumerate(reader, start=2)
+    ]
 
 
 def load_sts(path, label_key: str = "label"):
@@ -116,8 +126,8 @@ def evaluate_sts(model, sentences1, sentences2, scores, batch_size: int = 16) ->
     embeddings1 = model.encode(sentences1, batch_size=batch_size, convert_to_numpy=True)
     embeddings2 = model.encode(sentences2, batch_size=batch_size, convert_to_numpy=True)
     metrics = {}
-    for name in ("cosine", "euclidean", "manhattan", "dot"):
-        predicted = PAIRWISE_SIMILARITY[name](embeddings1, embeddings2)
+    for name, pairwise in PAIRWISE_SIMILARITY.items():
+        predicted = pairwise(embeddings1, embeddings2)
         metrics[f"{name}_pearson"] = pearson(scores, predicted)
         metrics[f"{name}_spearman"] = spearman(scores, predicted)
     return metrics
@@ -125,6 +135,6 @@ def evaluate_sts(model, sentences1, sentences2, scores, batch_size: int = 16) ->
 
 def format_table(metrics: dict[str, float]) -> str:
     lines = ["| similarity | Pearson | Spearman |", "|---|---|---|"]
-    for name in ("cosine", "euclidean", "manhattan", "dot"):
+    for name in SIMILARITY_FUNCTIONS:
         lines.append(f"| {name} | {metrics[name + '_pearson']:.4f} | {metrics[name + '_spearman']:.4f} |")
     return "\n".join(lines)

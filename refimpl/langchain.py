@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .files import DEFAULT_MODEL
+from refimpl.load.locate import DEFAULT_MODEL
 
 try:
     from langchain_core.embeddings import Embeddings as _Embeddings
@@ -46,7 +46,7 @@ class RefimplEmbeddings(_Embeddings):
         show_progress: bool = False,
         model=None,
     ):
-        from .model import SentenceTransformer
+        from refimpl.model import SentenceTransformer
 
         self.model_name = model_name
         self.model_kwargs = dict(model_kwargs or {})
@@ -54,8 +54,10 @@ class RefimplEmbeddings(_Embeddings):
         self.query_encode_kwargs = dict(query_encode_kwargs or {})
         self.show_progress = show_progress
         # ``model`` lets several LangChain objects share one loaded model
-        self.client = model if model is not None else SentenceTransformer(
-            model_name, cache_folder=cache_folder, **self.model_kwargs
+        self.client = (
+            model
+            if model is not None
+            else SentenceTransformer(model_name, cache_folder=cache_folder, **self.model_kwargs)
         )
 
     def _embed(self, texts: list[str], encode_kwargs: dict[str, Any]) -> list[list[float]]:

@@ -35,7 +35,9 @@ def quantization_ranges(embeddings: np.ndarray, precision: str, calibration_embe
         if data.shape[0] < 100:
             logger.warning(
                 "computing %s quantization ranges from only %d embeddings; pass `ranges` or "
-                "`calibration_embeddings` from a larger set for stable buckets", precision, data.shape[0],
+                "`calibration_embeddings` from a larger set for stable buckets",
+                precision,
+                data.shape[0],
             )
     return np.vstack((data.min(axis=0), data.max(axis=0)))
 

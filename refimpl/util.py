@@ -12,13 +12,14 @@ A 1-D input is one embedding. Scores are computed in the inputs' float dtype.
 from __future__ import annotations
 
 import heapq
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from .checks import positive_int
-from .pooling import normalize
-from .quantization import quantize_embeddings  # noqa: F401  (sentence-transformers has it in util too)
+from refimpl.checks import positive_int
+from refimpl.engines.pooling import normalize
+from refimpl.load.config import SIMILARITY_FUNCTIONS
+from refimpl.quantization import quantize_embeddings  # noqa: F401  (sentence-transformers has it in util too)
 
 # euclidean_sim and manhattan_sim broadcast [rows, M, D]; this many elements per chunk keeps it near 256 MB
 _CHUNK_ELEMENTS = 64 * 1024 * 1024
@@ -110,13 +111,11 @@ def pairwise_manhattan_sim(a, b) -> np.ndarray:
     return -np.abs(a - b).sum(axis=1)
 
 
-SIMILARITY = {"cosine": cos_sim, "dot": dot_score, "euclidean": euclidean_sim, "manhattan": manhattan_sim}
-PAIRWISE_SIMILARITY = {
-    "cosine": pairwise_cos_sim,
-    "dot": pairwise_dot_score,
-    "euclidean": pairwise_euclidean_sim,
-    "manhattan": pairwise_manhattan_sim,
-}
+# In the order of SIMILARITY_FUNCTIONS (the names config_sentence_transformers.json may hold).
+SIMILARITY = dict(zip(SIMILARITY_FUNCTIONS, (cos_sim, euclidean_sim, manhattan_sim, dot_score)))
+PAIRWISE_SIMILARITY = dict(
+    zip(SIMILARITY_FUNCTIONS, (pairwise_cos_sim, pairwise_euclidean_sim, pairwise_manhattan_sim, pairwise_dot_score))
+)
 
 
 def semantic_search(
@@ -155,6 +154,9 @@ def semantic_search(
                     else:
                         heapq.heappushpop(heap, item)
     return [
-        [{"corpus_id": corpus_id, "score": score} for score, corpus_id in sorted(heap, key=lambda item: item[0], reverse=True)]
+        [
+            {"corpus_id": corpus_id, "score": score}
+            for score, corpus_id in sorted(heap, key=lambda item: item[0], reverse=True)
+        ]
         for heap in results
     ]

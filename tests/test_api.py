@@ -11,9 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, TEXTS, TOPICS, check_parity, st_model
 from refimpl import SentenceTransformer
-
+from tests.helpers import ROOT, TEXTS, TOPICS, check_parity, st_model
 
 
 def test_shapes_and_dtypes(model):
@@ -116,7 +115,9 @@ print(json.dumps({{"lazy": lazy, "heavy": heavy}}))
 
 
 def test_truncate_dim_like_sentence_transformers(path, model):
-    check_parity("truncate_dim=8", model.encode(TOPICS, truncate_dim=8), st_model(path).encode(TOPICS, truncate_dim=8), 1e-5)
+    check_parity(
+        "truncate_dim=8", model.encode(TOPICS, truncate_dim=8), st_model(path).encode(TOPICS, truncate_dim=8), 1e-5
+    )
     short = SentenceTransformer(path, truncate_dim=8)
     assert short.get_sentence_embedding_dimension() == 8 and short.encode(TOPICS).shape == (6, 8)
     unit = short.encode(TOPICS, normalize_embeddings=True)
@@ -129,9 +130,15 @@ def prompted(tiny_model, tmp_path_factory):
         base = tiny_model("roberta")
         path = tmp_path_factory.mktemp("prompted") / "model"
         shutil.copytree(base, path)
-        (path / "config_sentence_transformers.json").write_text(json.dumps(
-            {"prompts": {"query": "질문: ", "document": "문서: "}, "default_prompt_name": "query", "similarity_fn_name": "dot"}
-        ))
+        (path / "config_sentence_transformers.json").write_text(
+            json.dumps(
+                {
+                    "prompts": {"query": "질문: ", "document": "문서: "},
+                    "default_prompt_name": "query",
+                    "similarity_fn_name": "dot",
+                }
+            )
+        )
         pooling = json.loads((path / "1_Pooling" / "config.json").read_text())
         pooling["include_prompt"] = include_prompt
         (path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
@@ -147,7 +154,9 @@ def test_prompts_like_sentence_transformers(prompted, include_prompt):
     assert ours.prompts == {"query": "질문: ", "document": "문서: "} and ours.default_prompt_name == "query"
     assert ours.similarity_fn_name == "dot"
     check_parity("default prompt", ours.encode(TOPICS), theirs.encode(TOPICS), 1e-5)
-    check_parity("prompt_name", ours.encode(TOPICS, prompt_name="document"), theirs.encode(TOPICS, prompt_name="document"), 1e-5)
+    check_parity(
+        "prompt_name", ours.encode(TOPICS, prompt_name="document"), theirs.encode(TOPICS, prompt_name="document"), 1e-5
+    )
     check_parity("prompt", ours.encode(TOPICS, prompt="맞춤 지시: "), theirs.encode(TOPICS, prompt="맞춤 지시: "), 1e-5)
     check_parity("encode_query", ours.encode_query(TOPICS), theirs.encode_query(TOPICS), 1e-5)
     check_parity("encode_document", ours.encode_document(TOPICS), theirs.encode_document(TOPICS), 1e-5)
@@ -162,7 +171,12 @@ def test_model_similarity_like_sentence_transformers(path, name):
     theirs.similarity_fn_name = name
     try:
         check_parity(f"similarity {name}", ours.similarity(a, b), theirs.similarity(a, b).numpy(), 1e-5)
-        check_parity(f"similarity_pairwise {name}", ours.similarity_pairwise(a, b), theirs.similarity_pairwise(a, b).numpy(), 1e-5)
+        check_parity(
+            f"similarity_pairwise {name}",
+            ours.similarity_pairwise(a, b),
+            theirs.similarity_pairwise(a, b).numpy(),
+            1e-5,
+        )
     finally:
         theirs.similarity_fn_name = "cosine"
     with pytest.raises(ValueError, match="similarity_fn_name"):
@@ -186,4 +200,3 @@ def test_progress_bar(model, capsys, caplog):
     with caplog.at_level(logging.INFO, logger="refimpl"):
         model.encode(TOPICS)  # like sentence-transformers: shown when the logger is at INFO
     assert "Batches" in capsys.readouterr().err
-

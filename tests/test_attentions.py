@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import check_parity, hf_model
 from refimpl import SentenceTransformer
-from test_parity import BATCH
+from tests.helpers import BATCH, check_parity, hf_model
 
 TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
 
@@ -18,8 +17,10 @@ def torch_attentions(path, features, dtype):
 
     model = hf_model(path, "float64" if dtype == "float64" else None)
     with torch.no_grad():
-        out = model(**{key: torch.tensor(features[key]) for key in ("input_ids", "attention_mask", "token_type_ids")},
-                    output_attentions=True)
+        out = model(
+            **{key: torch.tensor(features[key]) for key in ("input_ids", "attention_mask", "token_type_ids")},
+            output_attentions=True,
+        )
     return [a.numpy() for a in out.attentions]
 
 
@@ -32,14 +33,13 @@ def check_attentions(name, path, model, dtype, tolerance):
     lengths = features["attention_mask"].sum(axis=1)
     assert len(ours) == len(theirs) == model.config.num_hidden_layers
     for i, (a, b) in enumerate(zip(ours, theirs)):
-        if model.engine == "reference":  # [B, nh, T, T], padding included, as transformers returns it
-            assert a.shape == b.shape and a.dtype == np.dtype(dtype)
+        assert a.shape == b.shape and a.dtype == np.dtype(dtype)  # [B, nh, T, T] from both engines
+        if model.engine == "reference":  # padding included, as transformers returns it
             check_parity(f"{name} reference {dtype} attentions[{i}]", a, b, tolerance)
-        else:  # per sentence [nh, L, L]: transformers' real rows and columns; its padded columns are exactly 0
-            assert [x.shape for x in a] == [(model.config.num_attention_heads, n, n) for n in lengths]
+        else:  # transformers' real rows and columns (its padded columns are exactly 0); zeros at padding
             for s, n in enumerate(lengths):
-                check_parity(f"{name} fast {dtype} attentions[{i}][{s}]", a[s], b[s, :, :n, :n], tolerance)
-                assert (b[s, :, :n, n:] == 0).all()
+                check_parity(f"{name} fast {dtype} attentions[{i}][{s}]", a[s, :, :n, :n], b[s, :, :n, :n], tolerance)
+                assert (b[s, :, :n, n:] == 0).all() and not a[s, :, n:].any() and not a[s, :, :, n:].any()
     return ours
 
 
@@ -63,20 +63,30 @@ def test_rows_are_probabilities_and_engines_agree(model):
     fast = model.forward(features, output_attentions=True, engine="fast")["attentions"]
     for layer_ref, layer_fast in zip(reference, fast):
         np.testing.assert_allclose(layer_ref.sum(axis=-1), 1, atol=1e-5)
+        assert layer_fast.shape == layer_ref.shape  # [B, nh, T, T] from both, as transformers gives them
         for s, n in enumerate(features["attention_mask"].sum(axis=1)):
-            check_parity("reference vs fast", layer_ref[s, :, :n, :n], layer_fast[s], 1e-5)
+            check_parity("reference vs fast", layer_ref[s, :, :n, :n], layer_fast[s, :, :n, :n], 1e-5)
+            assert not layer_fast[s, :, n:].any() and not layer_fast[s, :, :, n:].any()  # the fast engine skips padding
 
 
 def test_attentions_are_kept_only_when_asked(model):
-    from refimpl import forward, packed
+    from refimpl.engines.fast import encoder as packed
+    from refimpl.engines.reference import forward
 
     features = model.tokenize(BATCH)
     assert "attentions" not in model.forward(features)
     assert "attentions" not in model.forward(features, engine="reference")
-    batch = model._tokenizer.encode(BATCH)
-    assert packed.encoder(batch.input_ids, batch.token_type_ids, batch.cu_seqlens, model.weights, model.config)[2] is None
+    batch = model.text_tokenizer.encode(BATCH)
+    assert (
+        packed.encoder(batch.input_ids, batch.token_type_ids, batch.cu_seqlens, model.weights, model.config)[2] is None
+    )
     padded = batch.padded(1)
-    assert forward.encoder(padded["input_ids"], padded["token_type_ids"], padded["attention_mask"], model.weights, model.config)[2] is None
+    assert (
+        forward.encoder(
+            padded["input_ids"], padded["token_type_ids"], padded["attention_mask"], model.weights, model.config
+        )[2]
+        is None
+    )
 
 
 def test_a_broken_attention_fails_the_check(tiny_model):
@@ -89,9 +99,11 @@ def test_a_broken_attention_fails_the_check(tiny_model):
 
 
 def test_sequence_attentions_are_the_same_from_both_engines(model):
-    batch = model._tokenizer.encode(BATCH)
-    reference = model._pipeline.transformer.engine("reference").encode(batch, output_attentions=True).sequence_attentions()
-    fast = model._pipeline.transformer.engine("fast").encode(batch, output_attentions=True).sequence_attentions()
+    batch = model.text_tokenizer.encode(BATCH)
+    reference = (
+        model.pipeline.transformer.engine("reference").encode(batch, output_attentions=True).sequence_attentions()
+    )
+    fast = model.pipeline.transformer.engine("fast").encode(batch, output_attentions=True).sequence_attentions()
     assert len(reference) == len(fast) == model.config.num_hidden_layers
     for layer_ref, layer_fast in zip(reference, fast):
         assert [a.shape for a in layer_ref] == [a.shape for a in layer_fast]

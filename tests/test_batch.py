@@ -11,7 +11,12 @@ from refimpl.checks import positive_int
 
 def encoded():
     # three sentences of 3, 1 and 2 tokens
-    return Encoded(np.array([10, 11, 12, 20, 30, 31]), np.array([0, 0, 0, 0, 0, 1]), np.array([3, 1, 2]), np.array([False, True, False]))
+    return Encoded(
+        np.array([10, 11, 12, 20, 30, 31]),
+        np.array([0, 0, 0, 0, 0, 1]),
+        np.array([3, 1, 2]),
+        np.array([False, True, False]),
+    )
 
 
 def test_cu_seqlens():
@@ -49,8 +54,21 @@ def test_groups():
     assert fixed_size_groups(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
 
 
-@pytest.mark.parametrize("value, ok", [(1, True), (np.int64(3), True), (np.int32(2), True), (0, False), (-1, False),
-                                       (2.5, False), (2.0, False), (True, False), ("3", False), (None, False)])
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        (1, True),
+        (np.int64(3), True),
+        (np.int32(2), True),
+        (0, False),
+        (-1, False),
+        (2.5, False),
+        (2.0, False),
+        (True, False),
+        ("3", False),
+        (None, False),
+    ],
+)
 def test_positive_int_is_one_rule(value, ok):
     if ok:
         assert positive_int("n", value) == int(value) and type(positive_int("n", value)) is int

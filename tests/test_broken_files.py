@@ -7,13 +7,14 @@ import json
 import os
 import shutil
 import struct
+import zipfile
 
 import numpy as np
 import pytest
 
-from conftest import check_parity, edit_json
 from refimpl import SentenceTransformer
-from refimpl.errors import ModelFileError, ModelNotFoundError
+from refimpl.errors import ModelFileError, ModelNotFoundError, UnsafePickleError
+from tests.helpers import check_parity, edit_json, load_error
 
 
 def safetensors_parts(path):
@@ -58,7 +59,10 @@ def test_missing_weights(broken):
     expect(broken, "model.safetensors", "file is missing", "pytorch_model.bin")
 
 
-@pytest.mark.parametrize("name", ["config.json", "modules.json", "1_Pooling/config.json", "sentence_bert_config.json", "tokenizer_config.json"])
+@pytest.mark.parametrize(
+    "name",
+    ["config.json", "modules.json", "1_Pooling/config.json", "sentence_bert_config.json", "tokenizer_config.json"],
+)
 def test_malformed_json(broken, name):
     (broken / name).write_text('{"hidden_size": 32,, }')
     expect(broken, name, "malformed JSON at line 1 column")
@@ -101,7 +105,10 @@ def test_unsupported_or_invalid_config(broken, key, value, fragment):
     "config, fragment",
     [
         ({"word_embedding_dimension": 32}, "no pooling mode is set"),
-        ({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": False, "pooling_mode_cls_token": False}, "no pooling mode is set"),
+        (
+            {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": False, "pooling_mode_cls_token": False},
+            "no pooling mode is set",
+        ),
         ({"embedding_dimension": 32, "pooling_mode": "median"}, "unknown pooling mode 'median'"),
         ({"pooling_mode": "mean"}, "key 'word_embedding_dimension' is missing"),
     ],
@@ -119,11 +126,19 @@ def test_pooling_dimension_must_match_hidden_size(broken):
 @pytest.mark.parametrize(
     "modules, fragment",
     [
-        ([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-          {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-          {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}], "Dense"),
+        (
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+            ],
+            "Dense",
+        ),
         ([{"idx": 0, "name": "0", "path": "", "type": "my_package.EvilModule"}], "my_package.EvilModule"),
-        ([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}], "Transformer -> Pooling"),
+        (
+            [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}],
+            "Transformer -> Pooling",
+        ),
         ({"not": "a list"}, "non-empty JSON list"),
     ],
 )
@@ -199,9 +214,13 @@ def test_wrong_shape(broken):
     from safetensors.numpy import load_file, save_file
 
     state = load_file(str(broken / "model.safetensors"))
-    state["encoder.layer.0.intermediate.dense.weight"] = state["encoder.layer.0.intermediate.dense.weight"][:, :16].copy()
+    state["encoder.layer.0.intermediate.dense.weight"] = state["encoder.layer.0.intermediate.dense.weight"][
+        :, :16
+    ].copy()
     save_file(state, str(broken / "model.safetensors"))
-    expect(broken, "model.safetensors", "'encoder.layer.0.intermediate.dense.weight' has shape [64, 16], expected [64, 32]")
+    expect(
+        broken, "model.safetensors", "'encoder.layer.0.intermediate.dense.weight' has shape [64, 16], expected [64, 32]"
+    )
 
 
 def test_unsupported_dtype(broken):
@@ -284,3 +303,172 @@ def test_a_model_name_is_never_a_shell_command(name, tmp_path, monkeypatch):
 def test_a_file_is_not_a_model_directory(broken):
     with pytest.raises(ModelNotFoundError, match="is a file"):
         SentenceTransformer(broken / "config.json")
+
+
+# --- errors that must be refimpl's, naming the file (JSON, safetensors, zip archives) ---
+
+
+def test_deeply_nested_json(broken):
+    (broken / "config.json").write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert load_error(broken).startswith(str(broken / "config.json"))
+
+
+def test_huge_integer_in_json(broken):
+    (broken / "config.json").write_text('{"vocab_size": 1' + "0" * 5000 + "}")
+    message = load_error(broken)
+    assert message.startswith(str(broken / "config.json")) and "unreadable JSON" in message
+
+
+@pytest.mark.parametrize("entry", [{"idx": "0"}, {"idx": 1.5}, {"idx": None}])
+def test_non_integer_module_index(broken, entry):
+    edit_json(broken / "modules.json", lambda modules: modules[0].update(entry))
+    assert "'idx'" in load_error(broken)
+
+
+def rewrite_safetensors(path, change):
+    raw = path.read_bytes()
+    length = struct.unpack("<Q", raw[:8])[0]
+    header_text, data = raw[8 : 8 + length].decode(), raw[8 + length :]
+    header_text, data = change(header_text, data)
+    encoded = header_text.encode()
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data)
+
+
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("shape past 2**63", "has shape"),
+        ("overlapping offsets", "overlaps the tensor before it"),
+        ("duplicate key", "appears twice"),
+        ("trailing bytes", "cover"),
+        ("unknown dtype", "has dtype 'F4'"),
+    ],
+)
+def test_safetensors_as_strict_as_the_safetensors_library(broken, case, fragment):
+    def change(header_text, data):
+        header = json.loads(header_text)
+        names = [n for n in header if n != "__metadata__"]
+        first = min(names, key=lambda n: header[n]["data_offsets"][0])
+        if case == "shape past 2**63":
+            header[first]["shape"] = [2**64, 2**64]
+        elif case == "overlapping offsets":
+            second = sorted(names, key=lambda n: header[n]["data_offsets"][0])[1]
+            size = header[second]["data_offsets"][1] - header[second]["data_offsets"][0]
+            header[second]["data_offsets"] = [0, size]  # on top of the first tensor
+        elif case == "duplicate key":
+            text = json.dumps(header)
+            return text[:-1] + ", " + json.dumps(first) + ": " + json.dumps(header[first]) + "}", data
+        elif case == "trailing bytes":
+            return json.dumps(header), data + b"\0" * 64
+        elif case == "unknown dtype":
+            header[first]["dtype"] = "F4"
+        return json.dumps(header), data
+
+    rewrite_safetensors(broken / "model.safetensors", change)
+    message = load_error(broken)
+    assert message.startswith(str(broken / "model.safetensors")) and fragment in message
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    if case not in ("unknown dtype", "duplicate key"):  # the reference implementation refuses the same file
+        with pytest.raises((SafetensorError, Exception)):
+            load_file(str(broken / "model.safetensors"))
+
+
+def torch_archive(tmp_path):
+    import torch
+
+    torch.save({"w": torch.arange(64, dtype=torch.float32)}, tmp_path / "ok.bin")
+    return tmp_path / "ok.bin"
+
+
+def damaged_copy(source, target, change):
+    """Copy the archive's bytes, letting ``change(bytearray)`` damage them."""
+    raw = bytearray(source.read_bytes())
+    change(raw)
+    target.write_bytes(bytes(raw))
+
+
+def header_offset(raw: bytearray, name_part: bytes, signature=b"PK\x01\x02", name_at=28) -> int:
+    """Offset of the zip header (central by default, local with b"PK\x03\x04", 26) naming ``name_part``."""
+    position = 0
+    while (position := raw.find(signature, position)) >= 0:
+        name_length = struct.unpack("<H", raw[position + name_at : position + name_at + 2])[0]
+        start = position + name_at + (18 if signature == b"PK\x01\x02" else 4)
+        if name_part in raw[start : start + name_length]:
+            return position
+        position += 4
+    raise AssertionError(name_part)
+
+
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        ("bad crc", "cannot be read from the archive"),
+        ("encrypted", "cannot be read from the archive"),
+        ("unknown compression", "cannot be read from the archive"),
+        ("broken deflate stream", "cannot be read from the archive"),
+        ("truncated", ""),
+        ("multi-disk end record", "cannot be read as a zip archive"),  # found by the fuzzer: zipfile.is_zipfile raised
+    ],
+)
+def test_zip_level_corruption(tmp_path, damage, fragment):
+    from refimpl.formats.torch_bin import read_pytorch_bin
+
+    source = torch_archive(tmp_path)
+    if damage == "broken deflate stream":
+        with (
+            zipfile.ZipFile(source) as plain,
+            zipfile.ZipFile(tmp_path / "deflated.bin", "w", zipfile.ZIP_DEFLATED) as deflated,
+        ):
+            for info in plain.infolist():
+                deflated.writestr(info.filename, plain.read(info.filename))
+        source = tmp_path / "deflated.bin"
+
+    def change(raw):
+        central = header_offset(raw, b"data/0")  # zipfile trusts the central directory's fields
+        local = header_offset(raw, b"data/0", b"PK\x03\x04", 26)
+        if damage == "bad crc":
+            raw[central + 16] ^= 0xFF
+        elif damage == "encrypted":
+            raw[central + 8] |= 1
+            raw[local + 6] |= 1
+        elif damage == "unknown compression":
+            raw[central + 10 : central + 12] = struct.pack("<H", 99)
+            raw[local + 8 : local + 10] = struct.pack("<H", 99)
+        elif damage == "broken deflate stream":
+            start = local + 30 + sum(struct.unpack("<HH", raw[local + 26 : local + 30]))
+            raw[start : start + 8] = b"\xff" * 8
+        elif damage == "truncated":
+            del raw[len(raw) // 2 :]
+        else:  # a zip64 end-of-central-directory locator claiming two disks, just before the end record
+            end = raw.rfind(b"PK\x05\x06")
+            raw[end:end] = b"PK\x06\x07" + struct.pack("<LQL", 0, 0, 2)
+
+    damaged_copy(source, tmp_path / "bad.bin", change)
+    with pytest.raises(ModelFileError) as error:
+        read_pytorch_bin(tmp_path / "bad.bin")
+    print(error.value)
+    assert str(error.value).startswith(str(tmp_path / "bad.bin")) and fragment in str(error.value)
+
+
+def test_pickle_build_cannot_touch_the_allowed_functions(tmp_path):
+    from refimpl.formats import torch_bin as torch_pickle
+
+    # GLOBAL torch._utils._rebuild_parameter; {"evil": 1}; BUILD: the C unpickler would set the attribute
+    payload = b"\x80\x02ctorch._utils\n_rebuild_parameter\n}X\x04\x00\x00\x00evilK\x01sb."
+    with zipfile.ZipFile(tmp_path / "build.bin", "w") as archive:
+        archive.writestr("archive/data.pkl", payload)
+    with pytest.raises(UnsafePickleError, match="sets the state of a function"):
+        torch_pickle.read_pytorch_bin(tmp_path / "build.bin")
+    assert not hasattr(torch_pickle._rebuild_parameter, "evil")
+
+
+def test_state_dict_metadata_build_is_still_read(tmp_path):
+    """torch.save's state_dict() carries _metadata, set with BUILD on the fresh OrderedDict."""
+    import torch
+
+    from refimpl.formats.torch_bin import read_pytorch_bin
+
+    torch.save(torch.nn.Linear(3, 2).state_dict(), tmp_path / "linear.bin")
+    assert sorted(read_pytorch_bin(tmp_path / "linear.bin")) == ["bias", "weight"]

@@ -10,9 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from conftest import WORDS, random_sentences
-
-
+from tests.helpers import WORDS, random_sentences
 
 
 def test_eight_threads_get_exactly_the_single_threaded_results(model):
@@ -84,5 +82,5 @@ def test_ctrl_c_leaves_the_model_usable(model):
         model.encode(texts, batch_size=16)
     timer.cancel()
     assert time.perf_counter() - started < 20
-    assert not model._lock.locked()
+    assert not model.pipeline.lock.locked()
     np.testing.assert_array_equal(model.encode(texts[:50]), reference)

@@ -13,12 +13,12 @@ import time
 import numpy as np
 import pytest
 
-from conftest import random_sentences
-
 from refimpl import SentenceTransformer
+from tests.helpers import check_parity, random_sentences
 
-pytest.importorskip("distributed", reason='the Dask tests need `pip install "refimpl[dask]"` (the README test command installs it)')
-
+pytest.importorskip(
+    "distributed", reason='the Dask tests need `pip install "refimpl[dask]"` (the README test command installs it)'
+)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,9 @@ def test_the_model_is_loaded_once_per_worker_not_shipped(client, path):
     from refimpl.dask import encode_bag
 
     def loaded_models():
-        return [id(m) for m in __import__("refimpl.dask", fromlist=["_MODELS"])._MODELS.values()]
+        from refimpl.dask.workers import loaded_models as held
+
+        return [id(m) for m in held()]
 
     runs = []
     for _ in range(2):
@@ -143,8 +145,22 @@ def test_a_killed_worker_is_recovered(client, path, tmp_path):
 
 def test_cli_run_resumes_after_the_client_dies(path, tmp_path):
     texts = write_corpus(tmp_path / "in.txt", 6000, seed=4)
-    command = [sys.executable, "-m", "refimpl", "encode", "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "out.npy"),
-               "--workers", "2", "--model", path, "--partition-lines", "200"]
+    command = [
+        sys.executable,
+        "-m",
+        "refimpl",
+        "encode",
+        "-i",
+        str(tmp_path / "in.txt"),
+        "-o",
+        str(tmp_path / "out.npy"),
+        "--workers",
+        "2",
+        "--model",
+        path,
+        "--partition-lines",
+        "200",
+    ]
     first = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts_dir = tmp_path / "out.npy.parts"
     deadline = time.time() + 120
@@ -179,15 +195,24 @@ def test_a_resume_with_other_model_files_is_refused(client, tiny_model, tmp_path
 
     from safetensors.numpy import load_file, save_file
 
-    from refimpl.dask import _fingerprint
+    from refimpl.dask.files import run_fingerprint
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model("roberta"), model_dir)
     write_corpus(tmp_path / "in.txt", 50, seed=5)
     parts_dir = tmp_path / "out.npy.parts"  # an unfinished run of the model as it was
     parts_dir.mkdir()
-    (parts_dir / "manifest.json").write_text(json.dumps({"fingerprint": _fingerprint(tmp_path / "in.txt", 10, str(model_dir), None, {}),
-                                                        "ranges": [], "rows": {}, "run": 1, "computed_in_run": {}}))
+    (parts_dir / "manifest.json").write_text(
+        json.dumps(
+            {
+                "fingerprint": run_fingerprint(tmp_path / "in.txt", 10, str(model_dir), None, {}),
+                "ranges": [],
+                "rows": {},
+                "run": 1,
+                "computed_in_run": {},
+            }
+        )
+    )
     state = load_file(str(model_dir / "model.safetensors"))
     state["embeddings.LayerNorm.bias"] = state["embeddings.LayerNorm.bias"] + 1
     save_file(state, str(model_dir / "model.safetensors"))
@@ -206,8 +231,58 @@ def test_two_runs_on_one_input_keep_their_own_parts(client, tiny_model, path, tm
     texts = write_corpus(tmp_path / "in.txt", 400, seed=6)
     other = str(tiny_model("roberta", seed=3))
     with ThreadPoolExecutor(2) as pool:
-        runs = [pool.submit(encode_file, tmp_path / "in.txt", tmp_path / f"out-{i}.npy", model, client=client, lines_per_partition=50)
-                for i, model in enumerate([path, other])]
+        runs = [
+            pool.submit(
+                encode_file,
+                tmp_path / "in.txt",
+                tmp_path / f"out-{i}.npy",
+                model,
+                client=client,
+                lines_per_partition=50,
+            )
+            for i, model in enumerate([path, other])
+        ]
         first, second = (run.result() for run in runs)
     np.testing.assert_allclose(np.load(first), SentenceTransformer(path).encode(texts), rtol=0, atol=1e-6)
     np.testing.assert_allclose(np.load(second), SentenceTransformer(other).encode(texts), rtol=0, atol=1e-6)
+
+
+# One rule for reading users' line files: a BOM, CRLF and lone CR line breaks, empty lines and a final
+# line without a line break read the same by `refimpl encode -i`, by --workers and by refimpl.dask.
+AWKWARD_FILE = b"\xef\xbb\xbfhello world\r\n  spaced  \rsecond\n\n\r\nhello\r\rlast line"
+AWKWARD_LINES = ["hello world", "  spaced  ", "second", "", "", "hello", "", "last line"]
+
+
+def test_line_files_read_the_same_everywhere(bpe_model, client, tmp_path):
+    from refimpl.dask import encode_file
+    from refimpl.io import line_ranges, read_line_range, read_lines
+
+    source = tmp_path / "awkward.txt"
+    source.write_bytes(AWKWARD_FILE)
+    assert read_lines(source) == AWKWARD_LINES
+    for per in (1, 2, 3, 100):  # partitions cut at every possible place read the same sentences
+        assert [line for r in line_ranges(source, per) for line in read_line_range(source, *r[:2])] == AWKWARD_LINES
+        assert sum(r[2] for r in line_ranges(source, per)) == len(AWKWARD_LINES)
+    model = SentenceTransformer(bpe_model)
+    expected = model.encode(AWKWARD_LINES)
+    assert not np.allclose(model.encode(["\ufeffhello world"]), expected[:1], atol=1e-4)  # a BOM kept would show
+    assert not np.allclose(model.encode(["hello\r"]), expected[5:6], atol=1e-4)  # so would a CR kept
+    single = [sys.executable, "-m", "refimpl", "encode", "-i", str(source), "--model", str(bpe_model)]
+    subprocess.run(single + ["-o", str(tmp_path / "one.npy")], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        single + ["-o", str(tmp_path / "workers.npy"), "--workers", "2", "--partition-lines", "3"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    encode_file(source, tmp_path / "dask.npy", str(bpe_model), client=client, lines_per_partition=2)
+    for name in ("one", "workers", "dask"):
+        check_parity(f"{name} vs encode on the lines", np.load(tmp_path / f"{name}.npy"), expected, 1e-6)
+
+
+@pytest.mark.parametrize("flag", [["--workers", "0"], ["--workers", "-1"], ["--partition-lines", "0"]])
+def test_distributed_counts_must_be_positive(path, tmp_path, flag):
+    (tmp_path / "in.txt").write_text("a\n", encoding="utf-8")
+    command = [sys.executable, "-m", "refimpl", "encode", "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy")]
+    result = subprocess.run(command + ["--model", str(path)] + flag, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "not a positive integer" in result.stderr, result.stderr

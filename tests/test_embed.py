@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from conftest import TOPICS, check_parity
+from tests.helpers import TOPICS, check_parity
 
 
 def test_embed_generator_yields_batches_in_order(model):
@@ -31,4 +31,3 @@ def test_embed_warns_once_for_the_whole_run(model, caplog):
         list(model.embed(texts, batch_size=2, chunk_size=4))
     warnings = [r for r in caplog.records if "truncated" in r.getMessage()]
     assert len(warnings) == 1 and "6 of 12 inputs" in warnings[0].getMessage()
-

@@ -5,14 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import TEXTS, check_parity
 from refimpl import SentenceTransformer
-from refimpl.batch import MAX_TOKENS_PER_FORWARD
-from refimpl.engines import ENGINES, PackedEngine, ReferenceEngine, engine_class
+from refimpl.engines import ENGINES, engine_class
+from refimpl.engines.fast import MAX_TOKENS_PER_FORWARD, FastEngine
+from refimpl.engines.reference import ReferenceEngine
+from tests.helpers import TEXTS, check_parity
 
 
 def test_registered_engines():
-    assert ENGINES == {"fast": PackedEngine, "reference": ReferenceEngine}
+    assert {name: engine_class(name) for name in ENGINES} == {"fast": FastEngine, "reference": ReferenceEngine}
+    assert all(engine_class(name).name == name for name in ENGINES)  # the registry's name is the engine's folder
     for name in ("bogus", "", None, "FAST"):
         with pytest.raises(ValueError, match="engine must be one of"):
             engine_class(name)
@@ -28,21 +30,24 @@ def test_unknown_engine_is_an_error_everywhere(model, tiny_model, engine):
 
 @pytest.mark.parametrize("name", ["fast", "reference"])
 def test_each_engine_implements_the_interface(model, name):
-    engine = model._pipeline.transformer.engine(name)
-    assert all(callable(getattr(engine, m, None)) for m in ("plan", "encode", "encode_padded")) and engine.name == name
-    batch = model._tokenizer.encode(TEXTS)
+    engine = model.pipeline.transformer.engine(name)
+    assert (
+        all(callable(getattr(engine, m, None)) for m in ("plan", "encode", "encode_padded", "describe"))
+        and engine.name == name
+    )
+    batch = model.text_tokenizer.encode(TEXTS)
     states = engine.encode(batch)
     sequences = states.sequences()
     assert [s.shape[0] for s in sequences] == batch.lengths.tolist()
     assert states.padded().shape == (len(TEXTS), batch.lengths.max(), model.config.hidden_size)
     assert states.pool(("mean",)).shape == (len(TEXTS), model.config.hidden_size)
-    other = model._pipeline.transformer.engine("reference" if name == "fast" else "fast").encode(batch)
+    other = model.pipeline.transformer.engine("reference" if name == "fast" else "fast").encode(batch)
     check_parity(f"{name} pooled vs the other engine", states.pool(("mean", "max")), other.pool(("mean", "max")), 1e-5)
 
 
 def test_plans():
     lengths = np.array([900, 800, 700, 10, 5])
-    reference, fast = ReferenceEngine.plan(None, lengths, 2), PackedEngine.plan(None, lengths, 2)
+    reference, fast = ReferenceEngine.plan(None, lengths, 2), FastEngine.plan(None, lengths, 2)
     assert reference == [slice(0, 2), slice(2, 4), slice(4, 5)]
     assert fast == [slice(0, 2), slice(2, 5)]  # packs of at most MAX_TOKENS_PER_FORWARD tokens
     assert all(lengths[s].sum() <= MAX_TOKENS_PER_FORWARD for s in fast)
@@ -52,7 +57,8 @@ def test_plans():
 def test_forward_refuses_non_finite_results_like_encode(tiny_model, engine):
     model = SentenceTransformer(tiny_model("roberta"), engine=engine)
     model.weights["encoder"]["layer"][0]["output"]["dense"]["bias"] = np.full_like(
-        model.weights["encoder"]["layer"][0]["output"]["dense"]["bias"], np.nan)
+        model.weights["encoder"]["layer"][0]["output"]["dense"]["bias"], np.nan
+    )
     with pytest.raises(FloatingPointError, match="NaN"):
         model.encode(TEXTS)
     with pytest.raises(FloatingPointError, match="NaN"):

@@ -11,11 +11,13 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from conftest import ROOT
 from refimpl import SentenceTransformer
-from refimpl.explain import analyse, pair_contributions
+from refimpl.apps.explain import analyse, pair_contributions
+from tests.helpers import ROOT
 
-pytest.importorskip("matplotlib", reason='refimpl explain needs `pip install "refimpl[viz]"` (the README test command installs it)')
+pytest.importorskip(
+    "matplotlib", reason='refimpl explain needs `pip install "refimpl[viz]"` (the README test command installs it)'
+)
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
@@ -47,8 +49,22 @@ class Checker(HTMLParser):
 
 
 def explain(model_dir, tmp_path, *args):
-    result = subprocess.run([sys.executable, "-m", "refimpl", "explain", *args, "--model", str(model_dir), "-o", str(tmp_path / "page.html")],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "refimpl",
+            "explain",
+            *args,
+            "--model",
+            str(model_dir),
+            "-o",
+            str(tmp_path / "page.html"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "page.html").read_text(encoding="utf-8")
     checker = Checker()
@@ -96,15 +112,41 @@ def test_pair_shares_sum_to_the_cosine(tiny_model, modes):
 
 
 def test_png_figures_and_head_choice(tiny_model, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "refimpl", "explain", "한 문장", "--model", str(tiny_model("bert")),
-                             "--png", str(tmp_path / "figures"), "--head", "2:3"], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "refimpl",
+            "explain",
+            "한 문장",
+            "--model",
+            str(tiny_model("bert")),
+            "--png",
+            str(tmp_path / "figures"),
+            "--head",
+            "2:3",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in (tmp_path / "figures").iterdir())
-    assert names == ["s1-attention-layer01.png", "s1-attention-layer02.png", "s1-attention-layer03.png", "s1-head-l2-h3.png",
-                     "s1-layers.png", "s1-pooling.png"]
+    assert names == [
+        "s1-attention-layer01.png",
+        "s1-attention-layer02.png",
+        "s1-attention-layer03.png",
+        "s1-head-l2-h3.png",
+        "s1-layers.png",
+        "s1-pooling.png",
+    ]
     assert all((tmp_path / "figures" / n).read_bytes().startswith(b"\x89PNG") for n in names)
-    bad = subprocess.run([sys.executable, "-m", "refimpl", "explain", "x", "--model", str(tiny_model("bert")), "--head", "9:0"],
-                         capture_output=True, text=True, cwd=tmp_path)
+    bad = subprocess.run(
+        [sys.executable, "-m", "refimpl", "explain", "x", "--model", str(tiny_model("bert")), "--head", "9:0"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert bad.returncode == 1 and "layers 1-3" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -116,8 +158,15 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split(".")[0] == "matplotlib":
             raise ImportError(name)
 sys.meta_path.insert(0, Block())
-from refimpl.cli import main
+from refimpl.apps.cli import main
 main(["explain", "문장", "--model", sys.argv[1], "-o", sys.argv[2]])
 """
-    out = subprocess.run([sys.executable, "-c", block, str(tiny_model("roberta")), str(tmp_path / "p.html")], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 1 and 'pip install "refimpl[viz]"' in out.stderr and "Traceback" not in out.stderr, out.stderr
+    out = subprocess.run(
+        [sys.executable, "-c", block, str(tiny_model("roberta")), str(tmp_path / "p.html")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 1 and 'pip install "refimpl[viz]"' in out.stderr and "Traceback" not in out.stderr, (
+        out.stderr
+    )

@@ -9,14 +9,19 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, check_parity
-from refimpl import forward
-from test_parity import BATCH, torch_hidden_states
+from refimpl.engines.reference import forward
+from tests.helpers import BATCH, ROOT, check_parity, torch_hidden_states
 
 
 def test_numpy_erf_is_within_two_ulp_of_libm():
-    x = np.concatenate([np.linspace(-7, 7, 400_001), np.geomspace(1e-300, 1e-3, 500), -np.geomspace(1e-300, 1e-3, 500),
-                        [0.0, 1.0, -1.0, 2.0, 6.0, 30.0, 1e300, np.inf, -np.inf]])
+    x = np.concatenate(
+        [
+            np.linspace(-7, 7, 400_001),
+            np.geomspace(1e-300, 1e-3, 500),
+            -np.geomspace(1e-300, 1e-3, 500),
+            [0.0, 1.0, -1.0, 2.0, 6.0, 30.0, 1e300, np.inf, -np.inf],
+        ]
+    )
     exact = np.array([math.erf(v) for v in x])
     ours = forward.erf(x)
     ulps = np.abs(ours - exact) / np.spacing(np.abs(exact))
@@ -28,7 +33,9 @@ def test_numpy_erf_is_within_two_ulp_of_libm():
 
 def test_hand_worked_gelu():
     # GELU(1) = Phi(1) = 0.8413447460685429; GELU(-1) = -(1 - Phi(1)); GELU(0) = 0
-    np.testing.assert_allclose(forward.gelu(np.array([0.0, 1.0, -1.0])), [0.0, 0.8413447460685429, -0.15865525393145707], rtol=0, atol=3e-16)
+    np.testing.assert_allclose(
+        forward.gelu(np.array([0.0, 1.0, -1.0])), [0.0, 0.8413447460685429, -0.15865525393145707], rtol=0, atol=3e-16
+    )
 
 
 BLOCK_NUMBA = """
@@ -52,8 +59,13 @@ np.savez(sys.argv[3], *out["hidden_states"], **features)
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("float64", 1e-10)])
 def test_reference_engine_runs_and_matches_transformers_with_numba_blocked(tiny_model, tmp_path, dtype, tolerance):
     path = tiny_model("roberta")
-    subprocess.run([sys.executable, "-c", BLOCK_NUMBA, str(path), dtype, str(tmp_path / "out.npz"), *BATCH],
-                   check=True, cwd=ROOT, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-c", BLOCK_NUMBA, str(path), dtype, str(tmp_path / "out.npz"), *BATCH],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     saved = np.load(tmp_path / "out.npz")
     features = {key: saved[key] for key in ("input_ids", "attention_mask", "token_type_ids")}
     ours = [saved[f"arr_{i}"] for i in range(len(saved.files) - 3)]
@@ -65,6 +77,6 @@ def test_reference_engine_runs_and_matches_transformers_with_numba_blocked(tiny_
 
 def test_the_numba_block_works():
     """The check above could pass vacuously if the block did nothing: the fast engine must fail under it."""
-    code = BLOCK_NUMBA.split("import numpy")[0] + "from refimpl import kernels\n"
+    code = BLOCK_NUMBA.split("import numpy")[0] + "from refimpl.engines.fast import kernels\n"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0 and "blocked in this test" in result.stderr

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import TEXTS, builders
 from refimpl import DEFAULT_MODEL, SentenceTransformer
 from refimpl.errors import ModelFileError, ModelNotFoundError
-from refimpl.files import HUB_CONFIG_PATTERNS
+from refimpl.load.locate import HUB_CONFIG_PATTERNS
+from tests.helpers import TEXTS, builders
 
 REPO = "refimpl-test/tiny-roberta"
 
@@ -94,7 +94,10 @@ def test_download_asks_only_for_the_files_refimpl_reads(tmp_path, tiny_model, mo
     calls.clear()
     with pytest.raises(ModelFileError, match="model.safetensors: file is missing"):
         SentenceTransformer("org/name")  # no weights at all in the fake snapshot
-    assert [c[1]["allow_patterns"] for c in calls] == [HUB_CONFIG_PATTERNS + ["model.safetensors"], ["pytorch_model.bin"]]
+    assert [c[1]["allow_patterns"] for c in calls] == [
+        HUB_CONFIG_PATTERNS + ["model.safetensors"],
+        ["pytorch_model.bin"],
+    ]
 
 
 @pytest.mark.parametrize("name", ["./does-not-exist", "/no/such/dir", "a/b/c"])

@@ -16,11 +16,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import check_parity, max_abs_diff, st_model
 from refimpl import SentenceTransformer
+from tests.helpers import check_parity, max_abs_diff, st_model
 
-settings.register_profile("ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-settings.register_profile("thorough", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.register_profile(
+    "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+settings.register_profile(
+    "thorough", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 settings.load_profile(os.environ.get("REFIMPL_HYPOTHESIS", "ci"))
 
 STRINGS = {
@@ -101,10 +105,7 @@ def test_arbitrary_unicode_never_crashes(model, texts):
 
 
 @given(
-    target=valid_text,
-    others=st.lists(valid_text, max_size=6),
-    position=st.integers(0, 6),
-    batch_size=st.integers(1, 8),
+    target=valid_text, others=st.lists(valid_text, max_size=6), position=st.integers(0, 6), batch_size=st.integers(1, 8)
 )
 def test_an_embedding_does_not_depend_on_its_batch(model, target, others, position, batch_size):
     alone = model.encode(target)

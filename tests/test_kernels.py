@@ -8,10 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from conftest import check_parity
-from refimpl import forward, kernels, packed, pooling
 from refimpl.batch import cu_seqlens_from_lengths
-from refimpl.config import EncoderConfig
+from refimpl.engines import pooling
+from refimpl.engines.fast import encoder as packed
+from refimpl.engines.fast import kernels
+from refimpl.engines.fast.pooling import pool_packed
+from refimpl.engines.reference import forward
+from refimpl.load.config import EncoderConfig
+from tests.helpers import check_parity
 
 DTYPES = [np.float32, np.float64]
 # float32 kernels reassociate sums (vectorised): a few ulp of values of order 1
@@ -24,8 +28,16 @@ def rng(seed=0):
 
 def config(model_type="roberta", hidden=48, heads=4, pad=1):
     return EncoderConfig(
-        model_type=model_type, vocab_size=50, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=heads,
-        intermediate_size=64, max_position_embeddings=40, type_vocab_size=2, layer_norm_eps=1e-5, pad_token_id=pad,
+        model_type=model_type,
+        vocab_size=50,
+        hidden_size=hidden,
+        num_hidden_layers=1,
+        num_attention_heads=heads,
+        intermediate_size=64,
+        max_position_embeddings=40,
+        type_vocab_size=2,
+        layer_norm_eps=1e-5,
+        pad_token_id=pad,
     )
 
 
@@ -90,7 +102,9 @@ def test_bias_residual_layer_norm_matches_numpy(dtype):
     check_parity(f"bias_residual_layer_norm {dtype.__name__}", out, expected, TOL[dtype])
     # in place on the residual, as packed.py may use it
     in_place = residual.copy()
-    kernels.bias_residual_layer_norm(y.copy(), bias, in_place, w["weight"], w["bias"], dtype(1e-5), dtype(1 / 48), in_place)
+    kernels.bias_residual_layer_norm(
+        y.copy(), bias, in_place, w["weight"], w["bias"], dtype(1e-5), dtype(1 / 48), in_place
+    )
     check_parity("in place", in_place, expected, TOL[dtype])
 
 
@@ -127,7 +141,10 @@ def test_packed_attention_matches_padded_masked_attention(dtype):
 
     w = {
         "self": {name: dense(H, H) for name in ("query", "key", "value")},
-        "output": {"dense": dense(H, H), "LayerNorm": {"weight": r.normal(1, 0.1, H).astype(dtype), "bias": r.normal(0, 0.1, H).astype(dtype)}},
+        "output": {
+            "dense": dense(H, H),
+            "LayerNorm": {"weight": r.normal(1, 0.1, H).astype(dtype), "bias": r.normal(0, 0.1, H).astype(dtype)},
+        },
     }
     lengths = [7, 1, 12, 3, 12]
     cu = cu_seqlens_from_lengths(lengths)
@@ -166,7 +183,7 @@ def test_packed_pooling_matches_padded(dtype, mode, prompt_length):
     for b, n in enumerate(lengths):
         padded[b, :n] = x[cu[b] : cu[b + 1]]
         mask[b, :n] = 1
-    ours = pooling.pool_packed(x, cu, [mode], prompt_length)
+    ours = pool_packed(x, cu, [mode], prompt_length)
     expected = pooling.pool_padded(padded, mask, [mode], prompt_length)
     check_parity(f"pool {mode} prompt={prompt_length} {dtype.__name__}", ours, expected, TOL[dtype])
 
@@ -175,7 +192,9 @@ def test_hand_worked_mean_pooling():
     # two sequences: [1, 2] and [3, 5, 7] (one feature) -> means 1.5 and 5; max 2 and 7
     x = np.array([[1.0], [2.0], [3.0], [5.0], [7.0]], np.float32)
     cu = np.array([0, 2, 5])
-    np.testing.assert_array_equal(pooling.pool_packed(x, cu, ["mean", "max", "cls", "lasttoken"]), [[1.5, 2, 1, 2], [5, 7, 3, 7]])
+    np.testing.assert_array_equal(
+        pool_packed(x, cu, ["mean", "max", "cls", "lasttoken"]), [[1.5, 2, 1, 2], [5, 7, 3, 7]]
+    )
 
 
 def _transformers_positions(input_ids, padding_idx):
@@ -201,7 +220,9 @@ def test_position_ids_exactly_as_transformers():
         np.testing.assert_array_equal(packed_ids, np.concatenate([ours[b, :n] for b, n in enumerate(lengths)]))
     bert = config("bert", pad=0)
     np.testing.assert_array_equal(forward.position_ids(np.ones((2, 4), np.int64), bert), [[0, 1, 2, 3]] * 2)
-    np.testing.assert_array_equal(packed.packed_position_ids(np.ones(5, np.int64), np.array([0, 2, 5]), bert), [0, 1, 0, 1, 2])
+    np.testing.assert_array_equal(
+        packed.packed_position_ids(np.ones(5, np.int64), np.array([0, 2, 5]), bert), [0, 1, 0, 1, 2]
+    )
 
 
 @pytest.mark.parametrize("tokens", [1, packed.SMALL_BATCH_TOKENS - 1, packed.SMALL_BATCH_TOKENS, 300])

@@ -1,4 +1,4 @@
-"""LangChain: RefimplEmbeddings against HuggingFaceEmbeddings' semantics, in a vector store, never imported by refimpl."""
+"""LangChain: RefimplEmbeddings with HuggingFaceEmbeddings' semantics, in a vector store (not imported by refimpl)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import subprocess
 import sys
 
-from conftest import ROOT, TOPICS, check_parity, st_model
+from tests.helpers import ROOT, TOPICS, check_parity, st_model
 
 
 def test_langchain_embeddings_semantics(path, model):
@@ -14,7 +14,9 @@ def test_langchain_embeddings_semantics(path, model):
 
     from refimpl.langchain import RefimplEmbeddings
 
-    embeddings = RefimplEmbeddings(str(path), encode_kwargs={"batch_size": 2}, query_encode_kwargs={"normalize_embeddings": True})
+    embeddings = RefimplEmbeddings(
+        str(path), encode_kwargs={"batch_size": 2}, query_encode_kwargs={"normalize_embeddings": True}
+    )
     assert isinstance(embeddings, Embeddings)
     documents = embeddings.embed_documents(["첫 줄\n둘째 줄", TOPICS[1]])
     assert isinstance(documents, list) and isinstance(documents[0], list) and isinstance(documents[0][0], float)
@@ -22,7 +24,9 @@ def test_langchain_embeddings_semantics(path, model):
     st = st_model(path)
     check_parity("embed_documents", documents, st.encode(["첫 줄 둘째 줄", TOPICS[1]]), 1e-5)
     query = embeddings.embed_query(TOPICS[2])
-    check_parity("embed_query (normalized by query_encode_kwargs)", query, st.encode(TOPICS[2], normalize_embeddings=True), 1e-5)
+    check_parity(
+        "embed_query (normalized by query_encode_kwargs)", query, st.encode(TOPICS[2], normalize_embeddings=True), 1e-5
+    )
     assert asyncio.run(embeddings.aembed_documents(TOPICS[:2])) == embeddings.embed_documents(TOPICS[:2])
     assert asyncio.run(embeddings.aembed_query(TOPICS[2])) == query
 
@@ -44,4 +48,3 @@ def test_importing_refimpl_does_not_import_langchain():
     code = "import sys, refimpl; from refimpl import util; print([m for m in sys.modules if m.startswith('langchain')])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
-

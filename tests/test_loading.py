@@ -10,10 +10,8 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import TEXTS, check_parity, st_model
 from refimpl import SentenceTransformer
-
-
+from tests.helpers import TEXTS, check_parity, st_model
 
 TEXTS = TEXTS + [""]  # and an empty sentence
 

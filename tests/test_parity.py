@@ -17,33 +17,12 @@ import logging
 import numpy as np
 import pytest
 
-from conftest import KOREAN_SENTENCES, check_parity, hf_model, max_abs_diff, st_model
 from refimpl import SentenceTransformer
+from tests.helpers import BATCH, KOREAN_SENTENCES, check_parity, max_abs_diff, st_model, torch_hidden_states
 
 MODEL_TYPES = ["bert", "roberta", "xlm-roberta"]
 ENGINES = ["fast", "reference"]
 # varied lengths so that the batch is padded, one input long enough to be truncated
-BATCH = [
-    "짧은 문장.",
-    "오늘은 날씨가 맑고 바람이 시원하게 분다. 내일은 비가 온다고 한다.",
-    "Python과 NumPy로 트랜스포머 모델을 직접 구현했다.",
-    "가",
-    "서울에서 부산까지 기차로 두 시간 반 정도 걸린다. " * 6,
-]
-
-
-def torch_hidden_states(path, features, dtype=None):
-    import torch
-
-    model = hf_model(path, dtype)
-    with torch.no_grad():
-        out = model(
-            input_ids=torch.tensor(features["input_ids"]),
-            attention_mask=torch.tensor(features["attention_mask"]),
-            token_type_ids=torch.tensor(features["token_type_ids"]),
-            output_hidden_states=True,
-        )
-    return [h.numpy() for h in out.hidden_states]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -57,7 +36,9 @@ def test_every_hidden_state_matches_transformers(tiny_model, model_type, engine)
     theirs = torch_hidden_states(path, features)
     assert len(ours) == len(theirs) == model.config.num_hidden_layers + 1
     # the fast engine computes real tokens only; the reference engine also the padded positions
-    real = features["attention_mask"].astype(bool) if engine == "fast" else np.ones_like(features["attention_mask"], bool)
+    real = (
+        features["attention_mask"].astype(bool) if engine == "fast" else np.ones_like(features["attention_mask"], bool)
+    )
     for i, (a, b) in enumerate(zip(ours, theirs)):
         check_parity(f"{model_type}/{engine} hidden_states[{i}]", a[real], b[real], 1e-5)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import TOPICS
 from refimpl.quantization import quantize_embeddings
+from tests.helpers import TOPICS
 
 
 @pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])
@@ -20,7 +20,8 @@ def test_quantization_semantics_equal_sentence_transformers(precision, model):
     np.testing.assert_array_equal(ours, theirs)
     ranges = np.vstack([embeddings.min(0) - 0.1, embeddings.max(0) + 0.1])
     if precision.endswith("int8"):
-        np.testing.assert_array_equal(quantize_embeddings(embeddings, precision, ranges=ranges), st_quantize(embeddings, precision, ranges=ranges))
+        np.testing.assert_array_equal(
+            quantize_embeddings(embeddings, precision, ranges=ranges), st_quantize(embeddings, precision, ranges=ranges)
+        )
     # encode(precision=...) quantizes the batch's own float embeddings, as sentence-transformers does
     np.testing.assert_array_equal(model.encode(TOPICS, precision=precision), ours)
-

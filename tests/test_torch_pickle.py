@@ -12,11 +12,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import TEXTS, check_parity
 from refimpl import SentenceTransformer
 from refimpl.errors import ModelFileError, UnsafePickleError
-from refimpl.torch_pickle import read_pytorch_bin
-
+from refimpl.formats.torch_bin import read_pytorch_bin
+from tests.helpers import TEXTS, check_parity
 
 
 def torch_reference(value):
@@ -70,8 +69,11 @@ def test_model_with_only_pytorch_model_bin(tiny_model, tmp_path, dtype, caplog):
     check_parity(f"pytorch_model.bin ({dtype})", model.encode(TEXTS), reference, tolerance)
 
     # convert once, then the safetensors file is mapped and gives the same embeddings
-    subprocess.run([sys.executable, "-m", "refimpl", "convert", str(path / "pytorch_model.bin"), str(path / "model.safetensors")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "refimpl", "convert", str(path / "pytorch_model.bin"), str(path / "model.safetensors")],
+        check=True,
+        capture_output=True,
+    )
     converted = SentenceTransformer(path)
     assert converted.weights_file.name == "model.safetensors"
     np.testing.assert_array_equal(converted.encode(TEXTS), model.encode(TEXTS))

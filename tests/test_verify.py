@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from conftest import ROOT
-from refimpl.cli import main
+from refimpl.apps.cli import main
+from tests.helpers import ROOT
 
 
 def verify(capsys, *args):
@@ -43,18 +43,24 @@ def test_verify_passes_on_real_minilm_weights(minilm_dir, capsys):
     assert code == 0 and result["dtypes"]["float32"]["rows"][-1]["name"] == "normalized"
 
 
-@pytest.mark.parametrize("engine, target", [("fast", "refimpl.kernels.bias_gelu"), ("reference", "refimpl.forward.gelu")])
+@pytest.mark.parametrize(
+    "engine, target",
+    [("fast", "refimpl.engines.fast.kernels.bias_gelu"), ("reference", "refimpl.engines.reference.forward.gelu")],
+)
 def test_verify_fails_on_a_broken_refimpl(tiny_model, capsys, monkeypatch, engine, target):
     module_name, name = target.rsplit(".", 1)
     module = importlib.import_module(module_name)
     original = getattr(module, name)
     if engine == "fast":
+
         def broken(h, bias):
             original(h, bias)
             h[:, 0] += 1e-3  # one feature off by 1e-3 after each GELU
     else:
+
         def broken(x):
             return original(x) * (1 + 1e-3)
+
     monkeypatch.setattr(module, name, broken)
     code, result = verify(capsys, tiny_model("roberta"), "--engine", engine)
     failed = [r["name"] for r in result["dtypes"]["float32"]["rows"] if not r["ok"]]
@@ -64,8 +70,22 @@ def test_verify_fails_on_a_broken_refimpl(tiny_model, capsys, monkeypatch, engin
 
 def test_text_report_and_sentences_file(tiny_model, tmp_path):
     (tmp_path / "s.txt").write_text("첫 문장\n두 번째 문장입니다\n", encoding="utf-8")
-    out = subprocess.run([sys.executable, "-m", "refimpl", "verify", str(tiny_model("bert")), "--sentences", str(tmp_path / "s.txt"),
-                          "--dtype", "float64"], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "refimpl",
+            "verify",
+            str(tiny_model("bert")),
+            "--sentences",
+            str(tmp_path / "s.txt"),
+            "--dtype",
+            "float64",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     print(out.stdout)
     assert out.returncode == 0 and "| layer 3 |" in out.stdout and out.stdout.strip().endswith("PASSED")
     assert "2 sentences" in out.stdout and "float32" not in out.stdout
@@ -79,11 +99,15 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in ("torch", "transformers", "sentence_transformers"):
             raise ImportError(name)
 sys.meta_path.insert(0, Block())
-from refimpl.cli import main
+from refimpl.apps.cli import main
 main(["verify", sys.argv[1]])
 """
-    out = subprocess.run([sys.executable, "-c", block, str(tiny_model("roberta"))], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 1 and 'pip install "refimpl[verify]"' in out.stderr and "Traceback" not in out.stderr, out.stderr
+    out = subprocess.run(
+        [sys.executable, "-c", block, str(tiny_model("roberta"))], capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 1 and 'pip install "refimpl[verify]"' in out.stderr and "Traceback" not in out.stderr, (
+        out.stderr
+    )
 
 
 def test_an_unsupported_config_is_refused_naming_the_key(tiny_model, tmp_path):
@@ -92,5 +116,9 @@ def test_an_unsupported_config_is_refused_naming_the_key(tiny_model, tmp_path):
     config = json.loads((path / "config.json").read_text())
     config["hidden_act"] = "gelu_new"
     (path / "config.json").write_text(json.dumps(config))
-    out = subprocess.run([sys.executable, "-m", "refimpl", "verify", str(path)], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 1 and "hidden_act 'gelu_new' is not supported" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "refimpl", "verify", str(path)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert (
+        out.returncode == 1 and "hidden_act 'gelu_new' is not supported" in out.stderr and "Traceback" not in out.stderr
+    )

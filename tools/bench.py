@@ -6,7 +6,7 @@
     python -m tools.bench --write docs/performance.md   # also rewrite the table in that file
 
 All three engines run the same weights (random, with the exact klue-sroberta shape, built by
-tests/fixtures.py and cached in ~/.cache/refimpl-bench, or $REFIMPL_BENCH_CACHE; or --model DIR), the same sentences, with
+tools/fixtures.py and cached in ~/.cache/refimpl-bench, or $REFIMPL_BENCH_CACHE; or --model DIR), the same sentences, with
 the same number of threads (--threads, default 2), in worker processes that take turns: every
 repeat runs each engine once before the next repeat, and the report gives medians. ONNX Runtime
 runs the same model exported with torch.onnx (dynamo exporter), padded length-sorted batches,
@@ -72,7 +72,9 @@ class OnnxRuntimeEngine:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = onnxruntime.InferenceSession(str(onnx_path(model_dir)), options, providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(
+            str(onnx_path(model_dir)), options, providers=["CPUExecutionProvider"]
+        )
         self.tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
         self.tokenizer.enable_truncation(512)
         self.tokenizer.no_padding()
@@ -98,14 +100,18 @@ class OnnxRuntimeEngine:
         return np.stack(out)
 
 
-WORKER_ENGINES = {"refimpl": RefimplEngine, "sentence-transformers": SentenceTransformersEngine, "onnxruntime": OnnxRuntimeEngine}
+WORKER_ENGINES = {
+    "refimpl": RefimplEngine,
+    "sentence-transformers": SentenceTransformersEngine,
+    "onnxruntime": OnnxRuntimeEngine,
+}
 
 
 def gemm_report(engine, texts, batch_size):
     """(f): time refimpl's linear layers inside the model, then NumPy's sgemm on the same shapes alone."""
     import numpy as np
 
-    from refimpl import packed
+    from refimpl.engines.fast import encoder as packed
 
     original = packed.matmul_t
     seen = {"seconds": 0.0, "flops": 0, "shapes": {}}
@@ -177,8 +183,22 @@ class Worker:
     def __init__(self, engine, model_dir, threads):
         self.engine = engine
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tools.bench", "--worker", engine, "--model", str(model_dir), "--threads", str(threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=worker_env(threads), cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "tools.bench",
+                "--worker",
+                engine,
+                "--model",
+                str(model_dir),
+                "--threads",
+                str(threads),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=worker_env(threads),
+            cwd=ROOT,
         )
         self.loaded = self.read()
 
@@ -249,8 +269,12 @@ def prepare_model(model_dir):
     if not target.exists():
         print(f"exporting {model_dir} to {target} with torch.onnx ...", file=sys.stderr)
         CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "tools.workers.export_onnx", str(model_dir), str(target)],
-                       check=True, capture_output=True, cwd=ROOT)
+        subprocess.run(
+            [sys.executable, "-m", "tools.workers.export_onnx", str(model_dir), str(target)],
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
+        )
     return model_dir
 
 
@@ -259,8 +283,13 @@ def prepare_model(model_dir):
 
 def cold_start(engine, model_dir, text, threads, **env):
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "tools.workers.cold_start", engine, str(model_dir), text, str(threads)],
-                         capture_output=True, text=True, env=worker_env(threads, **env), cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "tools.workers.cold_start", engine, str(model_dir), text, str(threads)],
+        capture_output=True,
+        text=True,
+        env=worker_env(threads, **env),
+        cwd=ROOT,
+    )
     seconds = time.perf_counter() - start
     if out.returncode:
         raise RuntimeError(f"cold start of {engine} failed: {out.stderr[-2000:]}")
@@ -269,7 +298,9 @@ def cold_start(engine, model_dir, text, threads, **env):
 
 def interpreter_rss(threads):
     """RSS of an interpreter that has imported nothing but the RSS helper."""
-    out = subprocess.run([sys.executable, "-m", "tools.common"], capture_output=True, text=True, env=worker_env(threads), cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "tools.common"], capture_output=True, text=True, env=worker_env(threads), cwd=ROOT
+    )
     return float(out.stdout)
 
 
@@ -293,7 +324,9 @@ def run(args):
     # (d) cold starts, before the workers hold memory and cores
     cold = {engine: [] for engine in ENGINES}
     with tempfile.TemporaryDirectory() as numba_cache:
-        results["refimpl"]["cold_numba"] = cold_start("refimpl", model_dir, data["c"], threads, NUMBA_CACHE_DIR=numba_cache)
+        results["refimpl"]["cold_numba"] = cold_start(
+            "refimpl", model_dir, data["c"], threads, NUMBA_CACHE_DIR=numba_cache
+        )
         for _ in range(3):
             for engine in ENGINES:
                 env = {"NUMBA_CACHE_DIR": numba_cache} if engine == "refimpl" else {}
@@ -307,15 +340,20 @@ def run(args):
         for engine, w in workers.items():
             results[engine]["rss_after_load"] = w.loaded["rss_after_load"]
             w.ask(cmd="encode", texts=data["a"][:64], batch_size=32)  # warm-up: caches, first calls
-        plan = [("c", dict(cmd="latency", text=data["c"], calls=30)),
-                ("a", dict(cmd="encode", texts=data["a"], batch_size=32)),
-                ("b", dict(cmd="encode", texts=data["b"], batch_size=32))]
+        plan = [
+            ("c", dict(cmd="latency", text=data["c"], calls=30)),
+            ("a", dict(cmd="encode", texts=data["a"], batch_size=32)),
+            ("b", dict(cmd="encode", texts=data["b"], batch_size=32)),
+        ]
         for scenario, command in plan:
             times = {engine: [] for engine in ENGINES}
             for repeat in range(repeats):
                 for engine, w in workers.items():  # take turns: drift hits every engine alike
                     times[engine].append(w.ask(**command)["seconds"])
-                    print(f"  ({scenario}) repeat {repeat + 1}/{repeats} {engine}: {times[engine][-1]:.3f} s", file=sys.stderr)
+                    print(
+                        f"  ({scenario}) repeat {repeat + 1}/{repeats} {engine}: {times[engine][-1]:.3f} s",
+                        file=sys.stderr,
+                    )
             for engine, w in workers.items():
                 results[engine][scenario] = statistics.median(times[engine])
                 results[engine][scenario + "_peak_rss"] = w.ask(cmd="rss")["peak_rss"]

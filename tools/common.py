@@ -2,7 +2,7 @@
 benchmark sentences, RSS, timing and machine-load helpers.
 
 Run every tool from the repository root as a module (``python -m tools.bench``), so that
-``tools`` and ``tests`` (for the fixture builders) import without editing ``sys.path``.
+``tools`` (with the fixture builders, ``tools.fixtures``) imports without editing ``sys.path``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def klue_model(model_dir=None) -> Path:
     if model_dir is not None:
         return Path(model_dir)
     if not (KLUE_MODEL / "model.safetensors").exists():
-        from tests import fixtures
+        from tools import fixtures
 
         print(f"building the klue-shaped random model in {KLUE_MODEL} ...", file=sys.stderr)
         fixtures.make_klue_model(KLUE_MODEL)
@@ -32,7 +32,7 @@ def klue_model(model_dir=None) -> Path:
 
 
 def corpus_words() -> list[str]:
-    from tests import fixtures
+    from tools import fixtures
 
     return " ".join(fixtures.corpus_lines()).split()
 
@@ -80,6 +80,7 @@ def rate(work, amount, seconds=0.6) -> float:
 
 def busy_fraction(seconds=1.0) -> float:
     """Share of all CPU time that something else used during ``seconds`` of waiting."""
+
     def sample():
         with open("/proc/stat") as stat:
             fields = [int(v) for v in stat.readline().split()[1:]]
@@ -94,17 +95,25 @@ def busy_fraction(seconds=1.0) -> float:
 def warn_if_busy() -> float:
     share = busy_fraction()
     if share > 0.05:
-        print(f"WARNING: the machine is not idle ({share:.0%} of CPU time used by other processes); "
-              "BLAS timings suffer badly when another process holds a core", file=sys.stderr)
+        print(
+            f"WARNING: the machine is not idle ({share:.0%} of CPU time used by other processes); "
+            "BLAS timings suffer badly when another process holds a core",
+            file=sys.stderr,
+        )
     return share
 
 
 def blas_description() -> str:
     """Which BLAS kernel NumPy runs (threadpoolctl's architecture) and the OPENBLAS_* variables set."""
-    from refimpl.threads import blas_info
+    from refimpl.run.threads import blas_info
 
-    libraries = ", ".join(f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')}, {i.get('num_threads')} threads)"
-                          for i in blas_info()) or "none found"
+    libraries = (
+        ", ".join(
+            f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')}, {i.get('num_threads')} threads)"
+            for i in blas_info()
+        )
+        or "none found"
+    )
     variables = ", ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("OPENBLAS_")) or "none"
     return f"BLAS: {libraries}; OPENBLAS_* variables: {variables}"
 

@@ -40,7 +40,7 @@ def fit(p_degree=P_DEGREE, q_degree=Q_DEGREE, iterations=60):
         A = np.concatenate([P_basis, -f[:, None] * Q_basis], axis=1)
         scale = np.sqrt(weights) / np.abs(q_values)
         coef, *_ = np.linalg.lstsq(A * scale[:, None], f * scale, rcond=None)
-        p, q = coef[: p_degree + 1], coef[p_degree + 1:]
+        p, q = coef[: p_degree + 1], coef[p_degree + 1 :]
         q_values = 1 + Q_basis @ q
         error = np.abs(P_basis @ p / q_values - f)
         weights = weights * (error + 1e-300)

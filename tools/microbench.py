@@ -37,14 +37,16 @@ def orientation():
         inputs = {k: rng.standard_normal((tokens, k), dtype=np.float32) for k in (768, 3072)}
         flops = 12 * sum(2 * tokens * a * b for a, b in SHAPES)
         direct = rate(lambda: [np.matmul(inputs[w.shape[1]], w.T) for layer in layers for w in layer], flops)
-        transposed = rate(lambda: [np.matmul(w, inputs[w.shape[1]].T).T.copy() for layer in layers for w in layer], flops)
+        transposed = rate(
+            lambda: [np.matmul(w, inputs[w.shape[1]].T).T.copy() for layer in layers for w in layer], flops
+        )
         print(f"{tokens:6d} {direct:6.0f} {transposed:10.0f}")
 
 
 def split():
     from concurrent.futures import ThreadPoolExecutor
 
-    from refimpl.threads import set_threads as set_blas_threads
+    from refimpl.run.threads import set_threads as set_blas_threads
 
     rng = np.random.default_rng(0)
     w1 = rng.standard_normal((3072, 768), dtype=np.float32)
@@ -59,13 +61,16 @@ def split():
         set_blas_threads(1)
         threads = rate(lambda: list(pool.map(lambda h: (h @ w1.T) @ w2.T, halves)), flops)
         set_blas_threads(2)
-        print(f"{tokens} tokens: one product on 2-thread BLAS {both:.0f} GFLOP/s, two threads of 1-thread BLAS {threads:.0f}")
+        print(
+            f"{tokens} tokens: one product on 2-thread BLAS {both:.0f} GFLOP/s, "
+            f"two threads of 1-thread BLAS {threads:.0f}"
+        )
 
 
 def error_model():
     from numba import njit
 
-    from refimpl import kernels
+    from refimpl.engines.fast import kernels
 
     x = np.random.default_rng(0).normal(size=(512, 3072)).astype(np.float32) * 3
     bias = np.zeros(3072, np.float32)
@@ -97,10 +102,22 @@ def numba_gemm():
                 a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.float32(0)
                 for k in range(K):
                     v0, v1, v2, v3, u0, u1, u2, u3 = x0[k], x1[k], x2[k], x3[k], w0[k], w1[k], w2[k], w3[k]
-                    a00 += v0 * u0; a01 += v0 * u1; a02 += v0 * u2; a03 += v0 * u3  # noqa: E702
-                    a10 += v1 * u0; a11 += v1 * u1; a12 += v1 * u2; a13 += v1 * u3  # noqa: E702
-                    a20 += v2 * u0; a21 += v2 * u1; a22 += v2 * u2; a23 += v2 * u3  # noqa: E702
-                    a30 += v3 * u0; a31 += v3 * u1; a32 += v3 * u2; a33 += v3 * u3  # noqa: E702
+                    a00 += v0 * u0
+                    a01 += v0 * u1
+                    a02 += v0 * u2
+                    a03 += v0 * u3  # noqa: E702
+                    a10 += v1 * u0
+                    a11 += v1 * u1
+                    a12 += v1 * u2
+                    a13 += v1 * u3  # noqa: E702
+                    a20 += v2 * u0
+                    a21 += v2 * u1
+                    a22 += v2 * u2
+                    a23 += v2 * u3  # noqa: E702
+                    a30 += v3 * u0
+                    a31 += v3 * u1
+                    a32 += v3 * u2
+                    a33 += v3 * u3  # noqa: E702
                 out[m, n], out[m, n + 1], out[m, n + 2], out[m, n + 3] = a00, a01, a02, a03
                 out[m + 1, n], out[m + 1, n + 1], out[m + 1, n + 2], out[m + 1, n + 3] = a10, a11, a12, a13
                 out[m + 2, n], out[m + 2, n + 1], out[m + 2, n + 2], out[m + 2, n + 3] = a20, a21, a22, a23
@@ -132,8 +149,8 @@ def _batch(sentences, seed=0):
 
 
 def mapped():
-    from refimpl import packed
     from refimpl.batch import cu_seqlens_from_lengths
+    from refimpl.engines.fast import encoder as packed
 
     model = _model()
     ids, lengths = _batch(32)
@@ -160,8 +177,8 @@ def mapped():
 
 
 def tokens():
-    from refimpl import packed
     from refimpl.batch import cu_seqlens_from_lengths
+    from refimpl.engines.fast import encoder as packed
 
     model = _model()
     ids, lengths = _batch(512)
@@ -172,11 +189,20 @@ def tokens():
             for first in range(0, len(lengths), per):
                 part = lengths[first : first + per]
                 n = part.sum()
-                packed.encoder(ids[offset : offset + n], np.zeros(n, np.int64), cu_seqlens_from_lengths(part), model.weights, model.config)
+                packed.encoder(
+                    ids[offset : offset + n],
+                    np.zeros(n, np.int64),
+                    cu_seqlens_from_lengths(part),
+                    model.weights,
+                    model.config,
+                )
                 offset += n
             values.append(lengths.sum() / (time.perf_counter() - start))
     for per, values in results.items():
-        print(f"{per:4d} sentences per forward (~{int(lengths.mean() * per)} tokens): median {statistics.median(values):.0f} tokens/s")
+        print(
+            f"{per:4d} sentences per forward (~{int(lengths.mean() * per)} tokens): "
+            f"median {statistics.median(values):.0f} tokens/s"
+        )
 
 
 def numba_rss():
@@ -198,20 +224,29 @@ def numba_rss():
 
     imported, mappings = rss_by_mapping()
     llvm = sum(kib for name, kib in mappings.items() if "llvmlite" in name) / 1024
-    from refimpl import kernels
+    from refimpl.engines.fast import kernels
 
     h = np.ones((4, 8), np.float32)
     kernels.bias_gelu(h, np.ones(8, np.float32))
     loaded, mappings = rss_by_mapping()
     llvm_loaded = sum(kib for name, kib in mappings.items() if "llvmlite" in name) / 1024
-    print(f"RSS with NumPy {before:.0f} MiB; importing numba adds {imported - before:.0f} MiB "
-          f"({llvm:.0f} MiB of pages of libllvmlite.so); the first cached kernel adds {loaded - imported:.0f} MiB "
-          f"(libllvmlite.so pages now {llvm_loaded:.0f} MiB); in all {loaded - before:.0f} MiB")
+    print(
+        f"RSS with NumPy {before:.0f} MiB; importing numba adds {imported - before:.0f} MiB "
+        f"({llvm:.0f} MiB of pages of libllvmlite.so); the first cached kernel adds {loaded - imported:.0f} MiB "
+        f"(libllvmlite.so pages now {llvm_loaded:.0f} MiB); in all {loaded - before:.0f} MiB"
+    )
 
 
 def main():
-    commands = {"orientation": orientation, "split": split, "error-model": error_model, "numba-gemm": numba_gemm,
-                "mapped": mapped, "tokens": tokens, "numba-rss": numba_rss}
+    commands = {
+        "orientation": orientation,
+        "split": split,
+        "error-model": error_model,
+        "numba-gemm": numba_gemm,
+        "mapped": mapped,
+        "tokens": tokens,
+        "numba-rss": numba_rss,
+    }
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=sorted(commands))
     commands[parser.parse_args().experiment]()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests import fixtures
+from tools import fixtures
 
 SENTENCES = fixtures.TEST_SENTENCES + [" ".join(fixtures.corpus_lines()[:40])]  # the last one is truncated at 512
 
@@ -71,7 +71,10 @@ def float32_error_table(path):
             ours32.forward(features, engine="reference")["token_embeddings"][real],
             SentenceTransformer(path, engine="reference").encode(SENTENCES),
         ),
-        "torch float32 (transformers / sentence-transformers)": (torch_last_hidden(path, features)[real], st_encode(path)),
+        "torch float32 (transformers / sentence-transformers)": (
+            torch_last_hidden(path, features)[real],
+            st_encode(path),
+        ),
     }
     for name, (tokens, sentences) in candidates.items():
         rows.append((f"{name}: last hidden state", np.abs(tokens - reference_tokens)))

@@ -10,7 +10,7 @@ optimisation gained:
     git worktree add /tmp/refimpl-old <commit>
     PYTHONPATH=/tmp/refimpl-old:$PWD python tools/profile_forward.py    # refimpl from the old checkout
 
-It wraps every numba kernel of ``refimpl.kernels`` and the BLAS helpers of ``refimpl.packed``
+It wraps every numba kernel of ``refimpl.engines.fast.kernels`` and the BLAS helpers of ``refimpl.engines.fast.encoder``
 that the checkout has, runs the forward ``--repeats`` times after a warm-up, and prints each
 component's share, the total per batch and tokens/s (median over repeats).
 """
@@ -26,12 +26,11 @@ from pathlib import Path
 import numpy as np
 
 
-
-
 def wrap_all(times):
     from numba.core.registry import CPUDispatcher
 
-    from refimpl import kernels, packed
+    from refimpl.engines.fast import encoder as packed
+    from refimpl.engines.fast import kernels
 
     def wrap(module, name):
         original = getattr(module, name)

@@ -75,16 +75,20 @@ def main():
         cluster.close()
     shutil.rmtree(work)
 
-    print(f"{args.sentences} sentences, {tokens} tokens, partitions of {args.partition_lines} lines, "
-          f"medians of {args.repeats} alternating repeats. Command: `python -m tools.scale_bench`")
+    print(
+        f"{args.sentences} sentences, {tokens} tokens, partitions of {args.partition_lines} lines, "
+        f"medians of {args.repeats} alternating repeats. Command: `python -m tools.scale_bench`"
+    )
     print()
     print("| setup | seconds | sentences/s | tokens/s | start-up (cluster + model on every worker), s |")
     print("|---|---|---|---|---|")
     for name, values in times.items():
         seconds = statistics.median(values)
         startup = {"1 worker": clusters[1][1], "2 workers": clusters[2][1]}.get(name)
-        print(f"| {name} | {seconds:.1f} | {args.sentences / seconds:.0f} | {tokens / seconds:.0f} | "
-              f"{f'{startup:.1f}' if startup is not None else '-'} |")
+        print(
+            f"| {name} | {seconds:.1f} | {args.sentences / seconds:.0f} | {tokens / seconds:.0f} | "
+            f"{f'{startup:.1f}' if startup is not None else '-'} |"
+        )
 
 
 if __name__ == "__main__":

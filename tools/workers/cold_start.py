@@ -1,6 +1,6 @@
 """One cold start, timed by the parent: import, load a model, embed one sentence; prints RSS as JSON.
 
-    python -m tools.workers.cold_start ENGINE MODEL_DIR TEXT THREADS
+python -m tools.workers.cold_start ENGINE MODEL_DIR TEXT THREADS
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Export a model directory's encoder to ONNX with torch.onnx (dynamo exporter), dynamic batch and length.
 
-    python -m tools.workers.export_onnx MODEL_DIR OUT.onnx
+python -m tools.workers.export_onnx MODEL_DIR OUT.onnx
 """
 
 from __future__ import annotations
@@ -17,9 +17,17 @@ def main():
     ids = torch.ones((2, 9), dtype=torch.long)
     mask = torch.ones((2, 9), dtype=torch.long)
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length", max=512)
-    torch.onnx.export(model, (ids, mask), target, input_names=["input_ids", "attention_mask"],
-                      output_names=["last_hidden_state"], dynamo=True, opset_version=18, external_data=False,
-                      dynamic_shapes=({0: batch, 1: length}, {0: batch, 1: length}))
+    torch.onnx.export(
+        model,
+        (ids, mask),
+        target,
+        input_names=["input_ids", "attention_mask"],
+        output_names=["last_hidden_state"],
+        dynamo=True,
+        opset_version=18,
+        external_data=False,
+        dynamic_shapes=({0: batch, 1: length}, {0: batch, 1: length}),
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""The fast engine: ``encoder.py`` on packed tokens (no padding at all), numba kernels around
+the matrix products, sentences grouped into forward passes by a token budget.
+
+Nothing here imports numba: it loads on the first forward pass, not when the model loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from refimpl.batch import Encoded, token_budget_groups, unpack
+from refimpl.engines.base import EngineBase, check_indices
+
+# Length-sorted sentences run in packs of up to this many tokens (a longer sentence goes alone),
+# whatever batch_size says: the products are faster on a few thousand rows than on the few hundred
+# of 32 short sentences, and activations stay bounded for any mix of lengths. Results do not depend
+# on it: packed sequences never see each other. docs/performance.md gives the measurement
+# (tools/microbench.py tokens).
+MAX_TOKENS_PER_FORWARD = 2048
+
+
+@dataclass
+class PackedStates:
+    last_hidden: np.ndarray  # [N, H]
+    batch: Encoded
+    hidden_states: list | None  # of [N, H]
+    attentions: list | None = None  # per layer, one [nh, L, L] per sequence
+    real: np.ndarray | None = None  # [B, T] of the padded batch it came from, if any
+
+    def sequence_attentions(self):
+        return self.attentions
+
+    def _real(self):
+        return self.batch.real_mask() if self.real is None else self.real
+
+    def sequences(self):
+        cu = self.batch.cu_seqlens
+        return [self.last_hidden[cu[b] : cu[b + 1]] for b in range(len(self.batch.lengths))]
+
+    def padded(self):  # zeros at padded positions: the fast engine never computes them
+        return unpack(self.last_hidden, self._real())
+
+    def padded_hidden_states(self):
+        if self.hidden_states is None:
+            return None
+        real = self._real()
+        return [unpack(h, real) for h in self.hidden_states]
+
+    def padded_attentions(self):
+        if self.attentions is None:
+            return None
+        real = self._real()
+        B, T = real.shape
+        out = []
+        for layer in self.attentions:
+            heads = layer[0].shape[0] if layer else 0
+            padded = np.zeros((B, heads, T, T), layer[0].dtype if layer else np.float32)
+            for b, probabilities in enumerate(layer):
+                where = np.flatnonzero(real[b])
+                padded[b][:, where[:, None], where[None, :]] = probabilities
+            out.append(padded)
+        return out
+
+    def pool(self, modes, prompt_length=0):
+        from refimpl.engines.fast.pooling import pool_packed
+
+        return pool_packed(self.last_hidden, self.batch.cu_seqlens, modes, prompt_length)
+
+
+class FastEngine(EngineBase):
+    name = "fast"
+
+    def plan(self, lengths, batch_size):
+        # packed sequences never see each other, so a forward pass need not follow batch_size
+        return token_budget_groups(lengths, MAX_TOKENS_PER_FORWARD)
+
+    def encode(self, batch, output_hidden_states=False, output_attentions=False, real=None):
+        from refimpl.engines.fast import encoder
+
+        check_indices(self.config, batch.input_ids, batch.token_type_ids, int(batch.lengths.max(initial=0)))
+        last_hidden, hidden, attentions = encoder.encoder(
+            batch.input_ids,
+            batch.token_type_ids,
+            batch.cu_seqlens,
+            self.weights,
+            self.config,
+            output_hidden_states,
+            output_attentions,
+        )
+        return PackedStates(last_hidden, batch, hidden, attentions, real)
+
+    def encode_padded(self, features, output_hidden_states=False, output_attentions=False):
+        mask = features["attention_mask"]
+        batch = Encoded.from_padded(features["input_ids"], mask, features["token_type_ids"])
+        return self.encode(batch, output_hidden_states, output_attentions, real=mask.astype(bool))
