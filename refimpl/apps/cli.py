@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -33,6 +34,17 @@ def count_argument(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def tolerance_argument(text: str) -> float:
+    """argparse type of a tolerance: a finite number >= 0 (NaN would make every comparison fail)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a tolerance is a finite number >= 0")
     return value
 
 
@@ -373,7 +385,7 @@ def _verify_arguments(verify):
     verify.add_argument(
         "--sentences", metavar="FILE", help="one sentence per line (default: built-in Korean and English)"
     )
-    verify.add_argument("--atol", type=float, help="one absolute tolerance for every row instead of the defaults")
+    verify.add_argument("--atol", type=tolerance_argument, help="one absolute tolerance (>= 0) for every row")
     verify.add_argument("--json", action="store_true", help="print the numbers as JSON")
 
 

@@ -72,18 +72,22 @@ def _differences(ours, theirs) -> tuple[float, float]:
     return (float(difference.max()), float(difference.mean())) if difference.size else (0.0, 0.0)
 
 
+def pooling_module(oracle):
+    """sentence-transformers' own Pooling module of the oracle pipeline, found by its class."""
+    return next(module for module in oracle if type(module).__name__ == "Pooling")
+
+
 def _torch_layers(directory, features, oracle, normalize: bool, dtype):
-    """transformers' hidden states, then sentence-transformers' own Pooling module (``oracle[1]``)
-    on the last, and the normalization of its Normalize module."""
+    """transformers' hidden states, then sentence-transformers' own Pooling module on the last,
+    and the normalization of its Normalize module."""
     torch, transformers = _oracle()
     model = transformers.AutoModel.from_pretrained(str(directory), attn_implementation="eager").eval()
     model = model.to(torch.float64 if dtype == "float64" else torch.float32)
     inputs = {key: torch.tensor(features[key]) for key in ("input_ids", "attention_mask", "token_type_ids")}
     with torch.no_grad():
         hidden = model(**inputs, output_hidden_states=True).hidden_states
-        pooled = oracle[1]({"token_embeddings": hidden[-1], "attention_mask": inputs["attention_mask"]})[
-            "sentence_embedding"
-        ]
+        features_in = {"token_embeddings": hidden[-1], "attention_mask": inputs["attention_mask"]}
+        pooled = pooling_module(oracle)(features_in)["sentence_embedding"]
         layers = [h.numpy() for h in hidden] + [pooled.numpy()]
         if normalize:
             layers.append(torch.nn.functional.normalize(pooled, p=2, dim=1).numpy())
@@ -110,7 +114,7 @@ def load_oracle(model_dir):
     return Oracle(str(model_dir), device="cpu")
 
 
-def check_tokens(model, oracle, sentences) -> dict:
+def check_tokenization(model, oracle, sentences) -> dict:
     """refimpl's ids against sentence-transformers' tokenizer (padding and truncation included)."""
     ours = model.tokenize(sentences)
     preprocess = getattr(oracle, "preprocess", None) or oracle.tokenize  # sentence-transformers 6 renamed it
@@ -174,7 +178,7 @@ def report(model_dir, sentences, dtypes, engine="fast", atol=None) -> dict:
         "model": str(first.model_dir),
         "engine": engine,
         "sentences": len(sentences),
-        "tokens": check_tokens(first, oracle, sentences),
+        "tokens": check_tokenization(first, oracle, sentences),
         "dtypes": {},
     }
     for dtype, model in models.items():

@@ -137,6 +137,8 @@ def path_inside(root: Path, relative: str, what: Path) -> Path:
     """``root / relative``, refusing paths that leave ``root`` (``../../etc``, absolute paths, links out)."""
     if not isinstance(relative, str):
         raise ModelFileError(what, f"module path must be a string, got {relative!r}")
+    if "\0" in relative:
+        raise ModelFileError(what, f"module path {relative!r} holds a NUL character; no file has such a name")
     candidate = Path(relative)
     if candidate.is_absolute() or candidate.drive:
         raise ModelFileError(what, f"module path {relative!r} is absolute; it must stay inside {root}")

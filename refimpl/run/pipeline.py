@@ -6,7 +6,6 @@ plan, put the results back in input order, as sentence-transformers' ``encode`` 
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,18 +15,23 @@ from refimpl.batch import Encoded
 from refimpl.engines import DEFAULT_ENGINE, pooling
 from refimpl.errors import ModelFileError
 from refimpl.load.locate import read_modules
+from refimpl.run import turns
 from refimpl.run.modules import Normalize, Pooling, Transformer
+from refimpl.run.turns import TurnLock
 
 logger = logging.getLogger("refimpl")
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the fork handlers keep a weak set of pipelines
 class Pipeline:
     transformer: Transformer
     pooling: Pooling
     normalize: Normalize | None = None
-    # forward passes take turns: one already uses every core, two at once would only slow both
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    # forward passes take turns in arrival order, and a fork waits for its turn (run/turns.py)
+    lock: TurnLock = field(default_factory=TurnLock)
+
+    def __post_init__(self):
+        turns.register(self)
 
     @property
     def output_dimension(self) -> int:
