@@ -118,15 +118,22 @@ stop.set(); worker.join(); print("3 forks, 3 children encoded")
 
 @pytest.mark.parametrize("handlers", ["with-handlers", "without-handlers"])
 def test_fork_while_another_thread_encodes(path, handlers):
-    """A fork waits for the running forward pass (run/turns.py); without that, the child hangs in BLAS."""
+    """A fork waits for the running forward pass (run/turns.py); without that, the child hangs in BLAS.
+
+    The control without the handlers hung 2 of 2 times here, but a hang is not certain on every machine
+    (once, under heavy load, the parent hung instead of the child), so it runs on request only:
+    REFIMPL_FORK_CONTROL=1 python -m pytest tests/test_concurrency.py -k fork -s"""
+    import os
     import subprocess
     import sys
 
+    if handlers == "without-handlers" and not os.environ.get("REFIMPL_FORK_CONTROL"):
+        pytest.skip("the negative control runs with REFIMPL_FORK_CONTROL=1 (a hang is likely, not certain)")
     result = subprocess.run(
-        [sys.executable, "-c", FORK_WHILE_ENCODING, str(path), handlers, "20" if handlers == "with-handlers" else "8"],
+        [sys.executable, "-c", FORK_WHILE_ENCODING, str(path), handlers, "30" if handlers == "with-handlers" else "8"],
         capture_output=True,
         text=True,
-        timeout=200,
+        timeout=150,
     )
     print(result.stdout, result.stderr[-500:])
     if handlers == "with-handlers":

@@ -1,22 +1,30 @@
-"""Benchmark refimpl against sentence-transformers and ONNX Runtime, side by side in one run.
+"""Benchmark refimpl's compute modes and kernel tiers against ONNX Runtime and OpenVINO, side by side in one run.
 
     pip install torch==2.13.0 && pip install -e ".[test,bench]"
-    python -m tools.bench                       # ~15 min; builds the klue-shaped model once
-    python -m tools.bench --quick               # fewer sentences and repeats, ~6 min
-    python -m tools.bench --write docs/performance.md   # also rewrite the table in that file
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m tools.bench           # ~15 min
+    python -m tools.bench --quick                                                 # ~5 min
+    python -m tools.bench --engines refimpl-int8 onnxruntime-int8 --write docs/performance.md
 
-All three engines run the same weights (random, with the exact klue-sroberta shape, built by
-tools/fixtures.py and cached in ~/.cache/refimpl-bench, or $REFIMPL_BENCH_CACHE; or --model DIR), the same sentences, with
-the same number of threads (--threads, default 2), in worker processes that take turns: every
-repeat runs each engine once before the next repeat, and the report gives medians. ONNX Runtime
-runs the same model exported with torch.onnx (dynamo exporter), padded length-sorted batches,
-mean pooling in NumPy: how fastembed and optimum use it.
+Every engine runs the same weights (random, with the exact klue-sroberta shape, built by
+tools/fixtures.py and cached in ~/.cache/refimpl-bench, or $REFIMPL_BENCH_CACHE; or --model DIR), the
+same sentences and the same number of threads (--threads, default 2), each in its own worker process;
+the workers take turns (every repeat runs each engine once before the next repeat) and the report
+gives medians. ONNX Runtime and OpenVINO run the encoder exported with torch.onnx, on length-sorted
+padded batches with mean pooling in NumPy, as fastembed and optimum use them; ONNX Runtime int8 is
+``quantize_dynamic`` with per-channel QInt8 weights, OpenVINO bf16 the same ONNX file compiled with
+``INFERENCE_PRECISION_HINT=bf16``.
 
-Scenarios: (a) KLUE-STS-like short Korean sentences, batch 32; (b) a long tail (lognormal
-lengths, some near 512 tokens), batch 32; (c) batch-1 latency on a short sentence; (d) cold
-start in a fresh process (import + load + first embedding; refimpl with an empty and a warm
-numba cache); (e) peak RSS; (f) GFLOP/s of refimpl's linear layers against NumPy's sgemm on
-the same shapes. The machine should be idle: the tool warns when it is not.
+Engines are named ``refimpl-MODE[@TIER]`` (MODE float32, int8, bfloat16; TIER forces a kernel tier
+through REFIMPL_KERNELS), ``onnxruntime-fp32``, ``onnxruntime-int8``, ``openvino-fp32``,
+``openvino-bf16`` and ``sentence-transformers``.
+
+Scenarios: (a) 512 real Korean sentences (KLUE-NLI premises from ../shared/data when present, else
+corpus sentences of KLUE-like lengths), batch 32; (b) a long tail (lognormal lengths up to 512
+tokens), batch 32; (c) batch-1 latency on a 17-token sentence; (g) (c) and (a) again while another
+process keeps one core busy (a NumPy loop pinned to core 0). The report adds the machine's measured
+peaks (fp32 FMA, int8 dot products, bf16 dot products, DRAM read) and each refimpl mode's batch-1
+time as a share of its floor (the linear layers' operations at the peak of the mode).
+Run it on an otherwise idle machine, with OPENBLAS_CORETYPE unset as on a user's machine.
 """
 
 from __future__ import annotations
@@ -27,62 +35,67 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from tools.common import CACHE, ROOT, blas_description, klue_model, make_texts, peak_rss_mb, rss_mb, warn_if_busy
 
-ENGINES = ("refimpl", "sentence-transformers", "onnxruntime")
+DEFAULT_ENGINES = (
+    "refimpl-float32",
+    "refimpl-int8",
+    "refimpl-bfloat16",
+    "onnxruntime-fp32",
+    "onnxruntime-int8",
+    "openvino-fp32",
+    "openvino-bf16",
+)
+KLUE_NLI = ROOT.parent / "shared" / "data" / "klue-nli-v1.1_dev.json"
 
 
-# --- measurements inside a worker process ------------------------------------------------------
+# --- engines, inside a worker process -----------------------------------------------------------
 
 
 class RefimplEngine:
-    def __init__(self, model_dir, threads):
+    def __init__(self, model_dir, threads, mode):
         from refimpl import SentenceTransformer
 
-        self.model = SentenceTransformer(model_dir, threads=threads)
+        self.model = SentenceTransformer(model_dir, threads=threads, compute=mode)
+        self.info = self.model.engine_info
 
     def encode(self, texts, batch_size):
         return self.model.encode(texts, batch_size=batch_size)
 
 
 class SentenceTransformersEngine:
-    def __init__(self, model_dir, threads):
+    def __init__(self, model_dir, threads, mode):
         import torch
         from sentence_transformers import SentenceTransformer
 
         torch.set_num_threads(threads)
         self.model = SentenceTransformer(str(model_dir), device="cpu")
+        self.info = {"torch": torch.__version__}
 
     def encode(self, texts, batch_size):
         return self.model.encode(texts, batch_size=batch_size)
 
 
-class OnnxRuntimeEngine:
-    """The exported encoder in ONNX Runtime: length-sorted padded batches, mean pooling in NumPy."""
+class PaddedOnnxEngine:
+    """An exported encoder on length-sorted padded batches, mean pooling in NumPy."""
 
     def __init__(self, model_dir, threads):
-        import onnxruntime
         from tokenizers import Tokenizer
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = onnxruntime.InferenceSession(
-            str(onnx_path(model_dir)), options, providers=["CPUExecutionProvider"]
-        )
         self.tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
         self.tokenizer.enable_truncation(512)
         self.tokenizer.no_padding()
 
+    def run(self, ids, mask):
+        raise NotImplementedError
+
     def encode(self, texts, batch_size):
         import numpy as np
 
-        encodings = self.tokenizer.encode_batch([t.strip().lower() for t in texts])
+        encodings = self.tokenizer.encode_batch(texts)
         order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
         out = [None] * len(texts)
         for first in range(0, len(texts), batch_size):
@@ -93,68 +106,66 @@ class OnnxRuntimeEngine:
             for row, i in enumerate(chosen):
                 ids[row, : len(encodings[i].ids)] = encodings[i].ids
                 mask[row, : len(encodings[i].ids)] = 1
-            hidden = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            hidden = self.run(ids, mask)
             pooled = (hidden * mask[:, :, None]).sum(axis=1) / np.maximum(mask.sum(axis=1, keepdims=True), 1e-9)
             for row, i in enumerate(chosen):
                 out[i] = pooled[row]
         return np.stack(out)
 
 
-WORKER_ENGINES = {
-    "refimpl": RefimplEngine,
-    "sentence-transformers": SentenceTransformersEngine,
-    "onnxruntime": OnnxRuntimeEngine,
-}
+class OnnxRuntimeEngine(PaddedOnnxEngine):
+    def __init__(self, model_dir, threads, mode):
+        import onnxruntime
+
+        super().__init__(model_dir, threads)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        path = onnx_path(model_dir, "int8" if mode == "int8" else "fp32")
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.info = {"onnxruntime": onnxruntime.__version__, "file": path.name}
+
+    def run(self, ids, mask):
+        return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
 
-def gemm_report(engine, texts, batch_size):
-    """(f): time refimpl's linear layers inside the model, then NumPy's sgemm on the same shapes alone."""
-    import numpy as np
+class OpenVinoEngine(PaddedOnnxEngine):
+    def __init__(self, model_dir, threads, mode):
+        import openvino
 
-    from refimpl.engines.fast import encoder as packed
+        super().__init__(model_dir, threads)
+        core = openvino.Core()
+        config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if mode == "bf16" else "f32",
+            "INFERENCE_NUM_THREADS": str(threads),
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        self.compiled = core.compile_model(core.read_model(str(onnx_path(model_dir, "fp32"))), "CPU", config)
+        self.info = {"openvino": openvino.__version__, **config}
 
-    original = packed.matmul_t
-    seen = {"seconds": 0.0, "flops": 0, "shapes": {}}
+    def run(self, ids, mask):
+        return self.compiled({"input_ids": ids, "attention_mask": mask})[0]
 
-    def timed(x, weight):
-        start = time.perf_counter()
-        result = original(x, weight)
-        seen["seconds"] += time.perf_counter() - start
-        seen["flops"] += 2 * x.shape[0] * x.shape[1] * weight.shape[0]
-        key = (x.shape[0], x.shape[1], weight.shape[0])
-        seen["shapes"][key] = seen["shapes"].get(key, 0) + 1
-        return result
 
-    packed.matmul_t = timed
-    start = time.perf_counter()
-    engine.encode(texts, batch_size)
-    total = time.perf_counter() - start
-    packed.matmul_t = original
-    rng = np.random.default_rng(0)
-    iso_seconds, iso_flops = 0.0, 0
-    for (m, k, n), count in seen["shapes"].items():
-        a = rng.standard_normal((m, k), dtype=np.float32)
-        w = rng.standard_normal((n, k), dtype=np.float32)
-        np.matmul(a, w.T)
-        start = time.perf_counter()
-        for _ in range(count):
-            np.matmul(a, w.T)
-        iso_seconds += time.perf_counter() - start
-        iso_flops += 2 * m * k * n * count
-    return {
-        "model_linear_gflops": seen["flops"] / seen["seconds"] / 1e9,
-        "sgemm_gflops": iso_flops / iso_seconds / 1e9,
-        "linear_share": seen["seconds"] / total,
-        "linear_flops": seen["flops"],
-        "seconds": total,
+def make_engine(spec, model_dir, threads):
+    family, _, mode = spec.partition("-")
+    mode = mode.split("@")[0]
+    classes = {
+        "refimpl": RefimplEngine,
+        "onnxruntime": OnnxRuntimeEngine,
+        "openvino": OpenVinoEngine,
+        "sentence": SentenceTransformersEngine,
     }
+    return classes[family](model_dir, threads, mode)
 
 
-def worker(engine_name, model_dir, threads):
+def worker(spec, model_dir, threads):
     """Serve commands from the parent, one JSON object per line."""
     start = time.perf_counter()
-    engine = WORKER_ENGINES[engine_name](model_dir, threads)
-    print(json.dumps({"load_seconds": time.perf_counter() - start, "rss_after_load": rss_mb()}), flush=True)
+    engine = make_engine(spec, model_dir, threads)
+    loaded = {"load_seconds": time.perf_counter() - start, "rss_after_load": rss_mb(), "info": engine.info}
+    print(json.dumps(loaded, default=str), flush=True)
     for line in sys.stdin:
         command = json.loads(line)
         if command["cmd"] == "exit":
@@ -172,32 +183,27 @@ def worker(engine_name, model_dir, threads):
             reply = {"seconds": statistics.median(times)}
         elif command["cmd"] == "rss":
             reply = {"peak_rss": peak_rss_mb(), "rss": rss_mb()}
-        elif command["cmd"] == "gemm":
-            reply = gemm_report(engine, command["texts"], command["batch_size"])
         else:
             reply = {"error": f"unknown command {command['cmd']}"}
         print(json.dumps(reply), flush=True)
 
 
+# --- the parent's side -----------------------------------------------------------------------------
+
+
 class Worker:
-    def __init__(self, engine, model_dir, threads):
-        self.engine = engine
+    def __init__(self, spec, model_dir, threads):
+        self.spec = spec
+        env = worker_env(threads)
+        if "@" in spec:
+            env["REFIMPL_KERNELS"] = spec.split("@", 1)[1]
+        command = [sys.executable, "-m", "tools.bench", "--worker", spec, "--model", str(model_dir)]
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tools.bench",
-                "--worker",
-                engine,
-                "--model",
-                str(model_dir),
-                "--threads",
-                str(threads),
-            ],
+            command + ["--threads", str(threads)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env=worker_env(threads),
+            env=env,
             cwd=ROOT,
         )
         self.loaded = self.read()
@@ -205,7 +211,7 @@ class Worker:
     def read(self):
         line = self.process.stdout.readline()
         if not line:
-            raise RuntimeError(f"{self.engine} worker died (exit {self.process.wait()})")
+            raise RuntimeError(f"{self.spec} worker died (exit {self.process.wait()})")
         return json.loads(line)
 
     def ask(self, **command):
@@ -231,7 +237,12 @@ def worker_env(threads, **extra):
     return env
 
 
-# --- inputs -------------------------------------------------------------------------------------
+def klue_sentences(count):
+    """Real Korean sentences: KLUE-NLI premises (CC BY-SA 4.0), read from ../shared/data, never copied."""
+    if not KLUE_NLI.exists():
+        return None
+    pairs = json.loads(KLUE_NLI.read_text(encoding="utf-8"))
+    return [pair["premise"] for pair in pairs[:count]]
 
 
 def scenarios(model_dir, quick):
@@ -240,167 +251,159 @@ def scenarios(model_dir, quick):
 
     tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
     rng = np.random.default_rng(1)
-    short = np.clip(rng.lognormal(np.log(16), 0.45, 512 if quick else 1024), 5, 60).astype(int)
-    long_tail = np.clip(rng.lognormal(np.log(40), 1.0, 128 if quick else 256), 5, 512).astype(int)
-    result = {
-        "a": make_texts(tokenizer, short, 2),
-        "b": make_texts(tokenizer, long_tail, 3),
-        "c": make_texts(tokenizer, [16], 4)[0],
-    }
+    short = klue_sentences(256 if quick else 512)
+    if short is None:
+        short = make_texts(
+            tokenizer, np.clip(rng.lognormal(np.log(16), 0.45, 256 if quick else 512), 5, 60).astype(int), 2
+        )
+    long_tail = np.clip(rng.lognormal(np.log(40), 1.0, 64 if quick else 128), 5, 512).astype(int)
+    result = {"a": short, "b": make_texts(tokenizer, long_tail, 3), "c": make_texts(tokenizer, [17], 4)[0]}
     tokenizer.enable_truncation(512)
     for key in ("a", "b"):
         lengths = [len(e.ids) for e in tokenizer.encode_batch(result[key])]
-        result[key + "_tokens"] = sum(lengths)
-        result[key + "_stats"] = (statistics.mean(lengths), max(lengths))
+        result[key + "_tokens"], result[key + "_stats"] = sum(lengths), (statistics.mean(lengths), max(lengths))
     result["c_tokens"] = len(tokenizer.encode(result["c"]).ids)
     return result
 
 
-# --- the model and its ONNX export ----------------------------------------------------------------
+def onnx_path(model_dir, precision) -> Path:
+    return CACHE / f"{Path(model_dir).resolve().name}-{precision}.onnx"
 
 
-def onnx_path(model_dir) -> Path:
-    return CACHE / (Path(model_dir).resolve().name + ".onnx")
-
-
-def prepare_model(model_dir):
+def prepare_model(model_dir, engines):
     model_dir = klue_model(model_dir)
-    target = onnx_path(model_dir)
-    if not target.exists():
-        print(f"exporting {model_dir} to {target} with torch.onnx ...", file=sys.stderr)
+    fp32, int8 = onnx_path(model_dir, "fp32"), onnx_path(model_dir, "int8")
+    if any(not e.startswith("refimpl") for e in engines) and not fp32.exists():
+        print(f"exporting {model_dir} to {fp32} with torch.onnx ...", file=sys.stderr)
         CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [sys.executable, "-m", "tools.workers.export_onnx", str(model_dir), str(target)],
-            check=True,
-            capture_output=True,
-            cwd=ROOT,
-        )
+        command = [sys.executable, "-m", "tools.workers.export_onnx", str(model_dir), str(fp32)]
+        subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
+    if "onnxruntime-int8" in engines and not int8.exists():
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        print(f"quantizing {fp32} to {int8} (dynamic, per-channel QInt8) ...", file=sys.stderr)
+        quantize_dynamic(str(fp32), str(int8), per_channel=True, weight_type=QuantType.QInt8)
     return model_dir
 
 
-# --- cold start ----------------------------------------------------------------------------------
+class BusyCore:
+    """Another process keeping core 0 busy with NumPy products, as a neighbour on a shared machine would."""
+
+    LOOP = "import numpy as np\na = np.ones((192, 192), np.float32)\nwhile True:\n    a = (a @ a) * 1e-3 + 1"
+
+    def __enter__(self):
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+        self.process = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", self.LOOP], env=env)
+        time.sleep(1.0)
+        return self
+
+    def __exit__(self, *exc):
+        self.process.kill()
+        self.process.wait()
 
 
-def cold_start(engine, model_dir, text, threads, **env):
-    start = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-m", "tools.workers.cold_start", engine, str(model_dir), text, str(threads)],
-        capture_output=True,
-        text=True,
-        env=worker_env(threads, **env),
-        cwd=ROOT,
-    )
-    seconds = time.perf_counter() - start
-    if out.returncode:
-        raise RuntimeError(f"cold start of {engine} failed: {out.stderr[-2000:]}")
-    return {"seconds": seconds, **json.loads(out.stdout.strip().splitlines()[-1])}
-
-
-def interpreter_rss(threads):
-    """RSS of an interpreter that has imported nothing but the RSS helper."""
-    out = subprocess.run(
-        [sys.executable, "-m", "tools.common"], capture_output=True, text=True, env=worker_env(threads), cwd=ROOT
-    )
-    return float(out.stdout)
-
-
-# --- the report ----------------------------------------------------------------------------------
-
-
-def ratio(a, b):
-    return f"{a / b:.2f}x" if b else "n/a"
+def measure(workers, plan, repeats, results):
+    for scenario, command in plan:
+        times = {spec: [] for spec in workers}
+        for repeat in range(repeats):
+            for spec, w in workers.items():  # take turns: drift hits every engine alike
+                times[spec].append(w.ask(**command)["seconds"])
+                print(f"  ({scenario}) {repeat + 1}/{repeats} {spec}: {times[spec][-1]:.3f} s", file=sys.stderr)
+        for spec in workers:
+            results[spec][scenario] = statistics.median(times[spec])
 
 
 def run(args):
     busy_before = warn_if_busy()
-    model_dir = prepare_model(args.model)
-    weight_mb = (model_dir / "model.safetensors").stat().st_size / 2**20
+    engines = list(args.engines)
+    model_dir = prepare_model(args.model, engines)
     data = scenarios(model_dir, args.quick)
     repeats = args.repeats or (2 if args.quick else 3)
-    threads = args.threads
-    results = {engine: {} for engine in ENGINES}
-    print(f"model {model_dir} ({weight_mb:.0f} MiB), threads {threads}, repeats {repeats}", file=sys.stderr)
+    from tools.peaks import machine_peaks
 
-    # (d) cold starts, before the workers hold memory and cores
-    cold = {engine: [] for engine in ENGINES}
-    with tempfile.TemporaryDirectory() as numba_cache:
-        results["refimpl"]["cold_numba"] = cold_start(
-            "refimpl", model_dir, data["c"], threads, NUMBA_CACHE_DIR=numba_cache
-        )
-        for _ in range(3):
-            for engine in ENGINES:
-                env = {"NUMBA_CACHE_DIR": numba_cache} if engine == "refimpl" else {}
-                cold[engine].append(cold_start(engine, model_dir, data["c"], threads, **env))
-    for engine in ENGINES:
-        results[engine]["cold"] = {key: statistics.median(r[key] for r in cold[engine]) for key in cold[engine][0]}
-    baseline_rss = interpreter_rss(threads)
-
-    workers = {engine: Worker(engine, model_dir, threads) for engine in ENGINES}
+    peaks = machine_peaks(args.threads)
+    print(f"peaks: {peaks}", file=sys.stderr)
+    results = {spec: {} for spec in engines}
+    workers = {spec: Worker(spec, model_dir, args.threads) for spec in engines}
     try:
-        for engine, w in workers.items():
-            results[engine]["rss_after_load"] = w.loaded["rss_after_load"]
+        for spec, w in workers.items():
+            results[spec]["info"] = w.loaded["info"]
+            results[spec]["rss_after_load"] = w.loaded["rss_after_load"]
+            results[spec]["load_seconds"] = w.loaded["load_seconds"]
             w.ask(cmd="encode", texts=data["a"][:64], batch_size=32)  # warm-up: caches, first calls
-        plan = [
-            ("c", dict(cmd="latency", text=data["c"], calls=30)),
+        calls = 15 if args.quick else 30
+        quiet = [
+            ("c", dict(cmd="latency", text=data["c"], calls=calls)),
             ("a", dict(cmd="encode", texts=data["a"], batch_size=32)),
             ("b", dict(cmd="encode", texts=data["b"], batch_size=32)),
         ]
-        for scenario, command in plan:
-            times = {engine: [] for engine in ENGINES}
-            for repeat in range(repeats):
-                for engine, w in workers.items():  # take turns: drift hits every engine alike
-                    times[engine].append(w.ask(**command)["seconds"])
-                    print(
-                        f"  ({scenario}) repeat {repeat + 1}/{repeats} {engine}: {times[engine][-1]:.3f} s",
-                        file=sys.stderr,
-                    )
-            for engine, w in workers.items():
-                results[engine][scenario] = statistics.median(times[engine])
-                results[engine][scenario + "_peak_rss"] = w.ask(cmd="rss")["peak_rss"]
-        gemm = workers["refimpl"].ask(cmd="gemm", texts=data["a"], batch_size=32)
+        measure(workers, quiet, repeats, results)
+        with BusyCore():
+            busy = [
+                ("c_busy", dict(cmd="latency", text=data["c"], calls=calls)),
+                ("a_busy", dict(cmd="encode", texts=data["a"], batch_size=32)),
+            ]
+            measure(workers, busy, max(1, repeats - 1), results)
+        for spec, w in workers.items():
+            results[spec]["peak_rss"] = w.ask(cmd="rss")["peak_rss"]
     finally:
         for w in workers.values():
             w.close()
-    busy_after = warn_if_busy()
-    return render(results, data, gemm, weight_mb, baseline_rss, threads, repeats, busy_before, busy_after, args)
+    return render(results, data, peaks, args, busy_before, warn_if_busy(), repeats, model_dir)
 
 
-def render(results, data, gemm, weight_mb, baseline_rss, threads, repeats, busy_before, busy_after, args):
-    r, s, o = (results[e] for e in ENGINES)
+LINEAR_OPS_PER_TOKEN = 2 * 12 * (4 * 768 * 768 + 2 * 768 * 3072)  # 12 layers: q, k, v, o, FFN in and out
+
+
+def floor_seconds(spec, tokens, peaks):
+    """The linear layers' operations at the machine's measured peak of the mode (None for other engines)."""
+    mode = spec.split("-", 1)[1].split("@")[0]
+    rate = {"float32": peaks.get("fp32_gflops"), "int8": peaks.get("int8_gops"), "bfloat16": peaks.get("bf16_gflops")}
+    peak = rate.get(mode) if spec.startswith("refimpl") else None
+    return tokens * LINEAR_OPS_PER_TOKEN / (peak * 1e9) if peak else None
+
+
+def render(results, data, peaks, args, busy_before, busy_after, repeats, model_dir):
     tok_a, tok_b = data["a_tokens"], data["b_tokens"]
-    flops_per_token = gemm["linear_flops"] / tok_a
-    ceiling = gemm["sgemm_gflops"] * 1e9 / flops_per_token
+    base = {"float32": "onnxruntime-fp32", "int8": "onnxruntime-int8", "bfloat16": "openvino-bf16"}
     lines = [
-        f"Measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} cores), {threads} threads for every engine, "
-        f"medians of {repeats} alternating repeats; other load: {busy_before:.0%} before, {busy_after:.0%} after. "
-        f"Command: `python -m tools.bench{' --quick' if args.quick else ''}`. {blas_description()}.",
+        f"Measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} cores), {args.threads} threads for "
+        f"every engine, medians of {repeats} alternating repeats; other load: {busy_before:.0%} before, "
+        f"{busy_after:.0%} after. Command: `python -m tools.bench{' --quick' if args.quick else ''}`. "
+        f"{blas_description()}.",
         "",
-        f"Inputs: (a) {len(data['a'])} KLUE-STS-like sentences, {tok_a} tokens (mean {data['a_stats'][0]:.1f}, max {data['a_stats'][1]}); "
-        f"(b) {len(data['b'])} long-tail sentences, {tok_b} tokens (mean {data['b_stats'][0]:.1f}, max {data['b_stats'][1]}); "
-        f"(c) one sentence of {data['c_tokens']} tokens. Batch size 32 for (a) and (b).",
+        f"Machine peaks measured by `python -m tools.peaks`: fp32 FMA {peaks.get('fp32_gflops', 0):.0f} GFLOP/s, "
+        f"int8 dot products {peaks.get('int8_gops', 0):.0f} GOPS ({peaks.get('int8_instruction', '?')}), bf16 "
+        f"{peaks.get('bf16_gflops', 0):.0f} GFLOP/s ({peaks.get('bf16_instruction', '?')}), DRAM read "
+        f"{peaks.get('dram_gbs', 0):.1f} GB/s. CPU features: {peaks.get('features', '?')}.",
         "",
-        "| scenario | refimpl | sentence-transformers | ONNX Runtime | refimpl vs ST | refimpl vs ORT |",
-        "|---|---|---|---|---|---|",
-        f"| (a) short sentences, tokens/s | {tok_a / r['a']:.0f} | {tok_a / s['a']:.0f} | {tok_a / o['a']:.0f} | {ratio(s['a'], r['a'])} | {ratio(o['a'], r['a'])} |",
-        f"| (a) sentences/s | {len(data['a']) / r['a']:.0f} | {len(data['a']) / s['a']:.0f} | {len(data['a']) / o['a']:.0f} | | |",
-        f"| (b) long tail, tokens/s | {tok_b / r['b']:.0f} | {tok_b / s['b']:.0f} | {tok_b / o['b']:.0f} | {ratio(s['b'], r['b'])} | {ratio(o['b'], r['b'])} |",
-        f"| (c) batch-1 latency, ms | {r['c'] * 1e3:.1f} | {s['c'] * 1e3:.1f} | {o['c'] * 1e3:.1f} | {ratio(r['c'], s['c'])} | {ratio(r['c'], o['c'])} |",
-        f"| (d) cold start, warm caches, s | {r['cold']['seconds']:.2f} | {s['cold']['seconds']:.2f} | {o['cold']['seconds']:.2f} | {ratio(r['cold']['seconds'], s['cold']['seconds'])} | {ratio(r['cold']['seconds'], o['cold']['seconds'])} |",
-        f"| (d) cold start, empty numba cache, s | {r['cold_numba']['seconds']:.2f} | | | | |",
-        f"| (e) RSS after load, before the first call, MiB | {r['rss_after_load']:.0f} | {s['rss_after_load']:.0f} | {o['rss_after_load']:.0f} | | |",
-        f"| (e) peak RSS after (c), MiB | {r['c_peak_rss']:.0f} | {s['c_peak_rss']:.0f} | {o['c_peak_rss']:.0f} | | |",
-        f"| (e) peak RSS after (a), MiB | {r['a_peak_rss']:.0f} | {s['a_peak_rss']:.0f} | {o['a_peak_rss']:.0f} | | |",
-        f"| (e) peak RSS after (b), MiB | {r['b_peak_rss']:.0f} | {s['b_peak_rss']:.0f} | {o['b_peak_rss']:.0f} | | |",
-        f"| (e) peak RSS of a cold start (d), MiB | {r['cold']['peak_rss']:.0f} | {s['cold']['peak_rss']:.0f} | {o['cold']['peak_rss']:.0f} | | |",
+        f"Inputs: (a) {len(data['a'])} {'KLUE-NLI premises' if KLUE_NLI.exists() else 'corpus sentences'}, "
+        f"{tok_a} tokens (mean {data['a_stats'][0]:.1f}, max {data['a_stats'][1]}); (b) {len(data['b'])} long-tail "
+        f"sentences, {tok_b} tokens (mean {data['b_stats'][0]:.1f}, max {data['b_stats'][1]}); (c) one sentence of "
+        f"{data['c_tokens']} tokens; (g) (c) and (a) with another process busy on core 0. Batch size 32.",
         "",
-        "Ratios: for throughput, how many times faster refimpl is; for latency and start-up, refimpl's time as a fraction of the other's.",
+        "| engine | kernels | (a) sentences/s | (a) tokens/s | (b) tokens/s | (c) batch-1 ms | (c) / floor "
+        "| (g) busy batch-1 ms | (g) busy (a) sentences/s | vs baseline (a) | vs baseline (c) | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for spec, r in results.items():
+        floor = floor_seconds(spec, data["c_tokens"], peaks)
+        mode = spec.split("-", 1)[1].split("@")[0]
+        other = results.get(base.get(mode, ""))
+        vs_a = f"{other['a'] / r['a']:.2f}x" if other and spec.startswith("refimpl") else ""
+        vs_c = f"{r['c'] / other['c']:.2f}x" if other and spec.startswith("refimpl") else ""
+        kernels = r["info"].get("kernels", "") if isinstance(r["info"], dict) else ""
+        share = f"{r['c'] / floor:.2f}x" if floor else ""
+        lines.append(
+            f"| {spec} | {kernels} | {len(data['a']) / r['a']:.0f} | {tok_a / r['a']:.0f} | {tok_b / r['b']:.0f} | "
+            f"{r['c'] * 1e3:.1f} | {share} | {r['c_busy'] * 1e3:.1f} | "
+            f"{len(data['a']) / r['a_busy']:.0f} | {vs_a} | {vs_c} | {r['peak_rss']:.0f} |"
+        )
+    lines += [
         "",
-        f"- Weight file {weight_mb:.0f} MiB; refimpl's peak RSS on (a) is {r['a_peak_rss'] / weight_mb:.2f}x the weight file.",
-        f"- A bare interpreter is {baseline_rss:.0f} MiB; refimpl after load, before the first call, is {r['rss_after_load'] - baseline_rss:.0f} MiB above it.",
-        f"- (f) refimpl's linear layers ran at {gemm['model_linear_gflops']:.0f} GFLOP/s inside the model on (a) "
-        f"({gemm['linear_share']:.0%} of its time); NumPy's sgemm on the same shapes alone: {gemm['sgemm_gflops']:.0f} GFLOP/s. "
-        f"At that sgemm rate and {flops_per_token / 1e6:.0f} MFLOP per token of linear layers, the fp32 ceiling is "
-        f"{ceiling:.0f} tokens/s; refimpl reaches {tok_a / r['a'] / ceiling:.0%} of it on (a).",
+        "Baselines: float32 against ONNX Runtime fp32, int8 against ONNX Runtime int8, bfloat16 against OpenVINO bf16; "
+        "for throughput how many times faster refimpl is, for latency refimpl's time as a fraction of the other's. "
+        "(c) / floor: batch-1 time over the linear layers' operations at the mode's measured peak.",
     ]
     return "\n".join(lines)
 
@@ -418,11 +421,12 @@ def write_doc(path, report):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="a klue-sroberta-like directory (default: a random one, built once)")
+    parser.add_argument("--engines", nargs="+", default=DEFAULT_ENGINES, help="engines to compare (see above)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--write", metavar="MARKDOWN", help="replace the bench block of this file with the report")
-    parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
+    parser.add_argument("--write", metavar="DOC", help="replace the bench block of this Markdown file")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.model, args.threads)

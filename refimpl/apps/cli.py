@@ -404,6 +404,18 @@ def _convert_arguments(convert):
 
 
 # name, function, its arguments, whether it loads a model, help, description
+def cmd_serve(args):
+    from refimpl.apps.serve.cli import serve
+
+    serve(args)
+
+
+def _serve_arguments(serve):
+    from refimpl.apps.serve.settings import add_arguments
+
+    add_arguments(serve, DEFAULT_MODEL)  # its own model group, with --compute and the server's limits
+
+
 COMMANDS = [
     (
         "encode",
@@ -459,6 +471,15 @@ COMMANDS = [
         "two sentences which token pairs make their similarity; one self-contained page.",
     ),
     ("convert", cmd_convert, _convert_arguments, False, "pytorch_model.bin -> model.safetensors, without torch", None),
+    (
+        "serve",
+        cmd_serve,
+        _serve_arguments,
+        False,
+        "an embedding server for TEI and OpenAI clients (needs refimpl[serve])",
+        "Serve the model over HTTP: TEI's /embed, /similarity, /tokenize, /info, /health, /metrics and OpenAI's "
+        "/v1/embeddings, with dynamic batching. See docs/serving.md.",
+    ),
 ]
 
 

@@ -27,7 +27,7 @@ def load(engine, model_dir, threads):
         return lambda text: model.encode(text)
     from tools.bench import OnnxRuntimeEngine
 
-    model = OnnxRuntimeEngine(model_dir, threads)
+    model = OnnxRuntimeEngine(model_dir, threads, "fp32")
     return lambda text: model.encode([text], 1)
 
 

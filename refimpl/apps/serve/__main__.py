@@ -1,0 +1,5 @@
+import sys
+
+from refimpl.apps.serve.cli import main
+
+sys.exit(main())
