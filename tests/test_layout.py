@@ -87,7 +87,7 @@ def private_reaches(tree: ast.AST) -> list[str]:
             if owner not in ("self", "cls") and (owner, node.attr) not in ALLOWED_PRIVATE:
                 found.append(f"line {node.lineno}: .{node.attr}")
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("refimpl"):
-            found += [f"line {node.lineno}: import {a.name}" for a in node.names if a.name.startswith("_")]
+            found += [f"line {node.lineno}: import {a.name}" for a in node.names if a.name[:1] == "_" != a.name[1:2]]
     return found
 
 
