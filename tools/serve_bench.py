@@ -1,7 +1,9 @@
 """Benchmark of `refimpl serve` against `model.encode` in one process (not a test).
 
-    python serve_bench.py --model /work/scratch/tinymodel/roberta
-    python serve_bench.py --model /tmp/klue --sentences 2000 --rss-requests 10000
+Run it from the repository root as a module:
+
+    python -m tools.serve_bench                                  # the cached klue-shaped random model
+    python -m tools.serve_bench --model DIR --threads 1 --sentences 2000 --rss-requests 10000
 
 Three numbers, each with its target:
 - throughput: 64 concurrent clients sending 1-8 short sentences per request, sentences/s,
@@ -14,7 +16,9 @@ The load generator is a minimal HTTP/1.1 keep-alive client on asyncio streams (h
 more CPU per request than a tiny model's forward pass, and client and server share the
 machine's cores). Requests go to /v1/embeddings with encoding_format=base64; the server
 runs with --auto-truncate so that long sentences are cut as model.encode cuts them.
-The sentences are the hypotheses of KLUE-NLI dev (short Korean sentences).
+The sentences are the hypotheses of KLUE-NLI dev (short Korean sentences, CC BY-SA 4.0), read
+from ../shared/data/klue-nli-v1.1_dev.json beside the repository when it is there, never copied;
+otherwise the Korean test corpus (tools/data/korean_corpus.txt).
 """
 
 from __future__ import annotations
@@ -36,9 +40,22 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "klue-nli-v1.1_dev.json"  # ../shared/data
+from tools.common import ROOT, klue_model
+
+KLUE_NLI = ROOT.parent / "shared" / "data" / "klue-nli-v1.1_dev.json"  # ../shared/data, beside the repository
 SERVER = [sys.executable, "-m", "refimpl", "serve"]
+COMMAND = "python -m tools.serve_bench"
+
+
+def benchmark_sentences() -> tuple[list[str], str]:
+    """(sentences, where they come from): KLUE-NLI dev hypotheses when present, else the test corpus."""
+    if KLUE_NLI.exists():
+        rows = json.loads(KLUE_NLI.read_text(encoding="utf-8"))
+        return [row["hypothesis"] for row in rows], f"KLUE-NLI dev hypotheses ({KLUE_NLI})"
+    from tools.fixtures import CORPUS, corpus_lines
+
+    sentences = list(dict.fromkeys(corpus_lines()))  # corpus_lines adds lowercased copies: Korean has no case
+    return sentences, f"the Korean test corpus (tools/data/{CORPUS.name}; {KLUE_NLI} is absent)"
 
 
 def free_port() -> int:
@@ -119,7 +136,7 @@ def start_server(model: str, threads: int | None) -> tuple[subprocess.Popen, int
     log = tempfile.NamedTemporaryFile("w+", prefix="serve-bench-", suffix=".log", delete=False)
     env = dict(
         os.environ,
-        PYTHONPATH=os.pathsep.join([str(HERE)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+        PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
         HF_HUB_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
     )
@@ -191,9 +208,13 @@ def report(rows: list[tuple], command: str):
         print(f"| {name:<38} | {server:>12} | {base:>12} | {ratio:>7} | {target:<18} | {'yes' if ok else 'NO':<2} |")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="/work/scratch/tinymodel/roberta")
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=COMMAND, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", help="model directory (default: the klue-shaped random model, cached; built on first use)"
+    )
     parser.add_argument("--sentences", type=int, default=4000, help="sentences in the throughput run")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--latency-requests", type=int, default=200)
@@ -201,30 +222,21 @@ def main():
     parser.add_argument(
         "--threads", type=int, help="BLAS threads, the same for server and offline (default: all cores)"
     )
-    args = parser.parse_args()
-    from refimpl import SentenceTransformer
+    return parser.parse_args()
 
-    rng = random.Random(0)
-    sentences = [row["hypothesis"] for row in json.loads(DATA.read_text())]
-    requests = make_requests(sentences, args.sentences, rng)
-    flat = [s for r in requests for s in r]
-    singles = sentences[: args.latency_requests]
 
-    model = SentenceTransformer(args.model, threads=args.threads)
-    seconds_offline, times_offline, expected = offline(model, flat, singles)
-    progress(f"offline: {len(flat)} sentences in {seconds_offline:.1f} s")
-
+def measure_server(args, sentences: list[str], requests: list[list[str]], singles: list[str]) -> dict:
+    """Latency, throughput (with the vectors received) and RSS of one server, then SIGTERM."""
     proc, port, log = start_server(args.model, args.threads)
     try:
         asyncio.run(load(port, requests[:64], args.clients))  # warm-up
-        times_server = asyncio.run(latency(port, singles, args.latency_requests))
-        progress(f"server latency: {statistics.median(times_server) * 1e3:.2f} ms")
-        seconds_server, results = asyncio.run(load(port, requests, args.clients))
-        progress(f"server: {len(flat)} sentences in {seconds_server:.1f} s")
+        times = asyncio.run(latency(port, singles, args.latency_requests))
+        progress(f"server latency: {statistics.median(times) * 1e3:.2f} ms")
+        seconds, results = asyncio.run(load(port, requests, args.clients))
+        progress(f"server: {sum(map(len, requests))} sentences in {seconds:.1f} s")
         got = {}
         for batch, body in results:
             got.update(zip(batch, decode(body)))
-        error = max(float(np.abs(got[s] - e).max()) for s, e in zip(flat, expected))
         rss_requests = [[sentences[i % len(sentences)]] for i in range(args.rss_requests)]
         asyncio.run(load(port, rss_requests[:1000], args.clients))
         before = rss(proc.pid)
@@ -236,11 +248,15 @@ def main():
         code = proc.wait(60)
         log.close()
         os.unlink(log.name)
+    return dict(times=times, seconds=seconds, got=got, before=before, after=after, rss_seconds=rss_seconds, code=code)
 
-    tput_server, tput_offline = len(flat) / seconds_server, len(flat) / seconds_offline
-    lat_server, lat_offline = statistics.median(times_server) * 1e3, statistics.median(times_offline) * 1e3
+
+def table_rows(args, sentences: int, server: dict, seconds_offline: float, times_offline: list[float]) -> list:
+    tput_server, tput_offline = sentences / server["seconds"], sentences / seconds_offline
+    lat_server, lat_offline = statistics.median(server["times"]) * 1e3, statistics.median(times_offline) * 1e3
+    before, after = server["before"], server["after"]
     growth = (after - before) / before
-    rows = [
+    return [
         (
             f"throughput, {args.clients} clients (sentences/s)",
             f"{tput_server:.0f}",
@@ -266,10 +282,32 @@ def main():
             growth < 0.05,
         ),
     ]
-    report(rows, "python " + " ".join([Path(sys.argv[0]).name] + sys.argv[1:]))
+
+
+def main():
+    args = parse_args()
+    args.model = str(klue_model(args.model))
+    from refimpl import SentenceTransformer
+
+    rng = random.Random(0)
+    sentences, source = benchmark_sentences()
+    progress(f"sentences: {source}")
+    requests = make_requests(sentences, args.sentences, rng)
+    flat = [s for r in requests for s in r]
+    singles = sentences[: args.latency_requests]
+
+    model = SentenceTransformer(args.model, threads=args.threads)
+    seconds_offline, times_offline, expected = offline(model, flat, singles)
+    progress(f"offline: {len(flat)} sentences in {seconds_offline:.1f} s")
+
+    server = measure_server(args, sentences, requests, singles)
+    error = max(float(np.abs(server["got"][s] - e).max()) for s, e in zip(flat, expected))
+    report(table_rows(args, len(flat), server, seconds_offline, times_offline), " ".join([COMMAND] + sys.argv[1:]))
     print(
-        f"\nmax |server - encode| over {len(flat)} sentences: {error:.2e}; {len(requests)} requests; "
-        f"{args.rss_requests} requests in {rss_seconds:.1f} s; server exit status after SIGTERM: {code}"
+        f"\nsentences: {source}; model: {args.model}\n"
+        f"max |server - encode| over {len(flat)} sentences: {error:.2e}; {len(requests)} requests; "
+        f"{args.rss_requests} requests in {server['rss_seconds']:.1f} s; "
+        f"server exit status after SIGTERM: {server['code']}"
     )
 
 

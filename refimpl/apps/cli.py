@@ -403,7 +403,6 @@ def _convert_arguments(convert):
     convert.add_argument("target", metavar="OUT.safetensors")
 
 
-# name, function, its arguments, whether it loads a model, help, description
 def cmd_serve(args):
     from refimpl.apps.serve.cli import serve
 
@@ -416,6 +415,7 @@ def _serve_arguments(serve):
     add_arguments(serve, DEFAULT_MODEL)  # its own model group, with --compute and the server's limits
 
 
+# name, function, its arguments, whether it loads a model, help, description
 COMMANDS = [
     (
         "encode",

@@ -69,7 +69,7 @@ def load_model(args, settings: Settings):
     try:
         model = SentenceTransformer(args.model, **kwargs)
     except TypeError as error:
-        if "compute" in str(error):
+        if "compute" in kwargs and "compute" in str(error):  # a refimpl whose SentenceTransformer lacks it
             fail(f"--compute {settings.compute}: this refimpl has no compute modes yet (float32 only)")
         fail(f"cannot load model {args.model}: {error}")
     except (RefimplError, OSError, ValueError, KeyError, ImportError) as error:
@@ -119,7 +119,7 @@ def configure_logging(level: str):
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Everything after parsing; `refimpl serve` (refimpl/cli.py) calls this with its own parse."""
+    """Everything after parsing; `refimpl serve` (refimpl/apps/cli.py, cmd_serve) calls this with its own parse."""
     settings = from_args(args)
     configure_logging(settings.log_level)
     try:

@@ -79,6 +79,11 @@ def dimensions(data: dict, largest: int, name: str = "dimensions") -> int | None
     return value
 
 
+def _kind(value) -> str:
+    """A JSON value's kind as the error messages name it: ``null``, or the Python type's name."""
+    return "null" if value is None else type(value).__name__
+
+
 def _is_id(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -113,7 +118,7 @@ def parse_inputs(value, name: str, max_items: int, vocab_size: int) -> tuple[lis
     if isinstance(value, str):
         return [_text(value, name)], True
     if not isinstance(value, list):
-        raise validation(f"`{name}` must be {SHAPES}, got {'null' if value is None else type(value).__name__}")
+        raise validation(f"`{name}` must be {SHAPES}, got {_kind(value)}")
     if not value:
         raise errors.empty(name)
     if all(_is_id(v) for v in value):
@@ -128,9 +133,7 @@ def parse_inputs(value, name: str, max_items: int, vocab_size: int) -> tuple[lis
         elif isinstance(item, list):
             items.append(_ids(item, where, vocab_size))
         else:
-            raise validation(
-                f"`{where}` must be a string or a list of token ids, got {'null' if item is None else type(item).__name__}"
-            )
+            raise validation(f"`{where}` must be a string or a list of token ids, got {_kind(item)}")
     return items, False
 
 
@@ -165,9 +168,7 @@ def parse_similarity(data: dict, model, settings) -> EmbedRequest:
         raise validation('`inputs` must be an object {"source_sentence": ..., "sentences": [...]}')
     source, sentences = inputs.get("source_sentence"), inputs.get("sentences")
     if not isinstance(source, str):
-        raise validation(
-            f"`inputs.source_sentence` must be a string, got {'null' if source is None else type(source).__name__}"
-        )
+        raise validation(f"`inputs.source_sentence` must be a string, got {_kind(source)}")
     if not isinstance(sentences, list) or not all(isinstance(s, str) for s in sentences):
         raise validation("`inputs.sentences` must be a list of strings")
     if not sentences:

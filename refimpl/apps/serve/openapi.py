@@ -42,7 +42,8 @@ def _operation(summary: str, request: str | None, ok: dict, codes: tuple, openai
     return op
 
 
-def _input_schemas(state: ServerState) -> dict:
+def _input_parts(state: ServerState) -> dict:
+    """The pieces the request schemas share, filled with this model's limits."""
     model, settings = state.model, state.settings
     text = {"type": "string", "minLength": 1, "maxLength": state.encoder.max_chars}
     token_id = {"type": "integer", "minimum": 0, "maximum": model.config.vocab_size - 1}
@@ -59,8 +60,21 @@ def _input_schemas(state: ServerState) -> dict:
         prompt["enum"] = sorted(model.prompts) + [None]
     direction = {"type": "string", "enum": ["Left", "Right", "left", "right"], "default": "Right"}
     return {
+        "text": text,
+        "ids": ids,
+        "batch": batch,
+        "dims": dims,
+        "prompt": prompt,
+        "direction": direction,
+        "max_batch": settings.max_client_batch_size,
+    }
+
+
+def _embed_requests(parts: dict) -> dict:
+    """The input union, and the bodies of /embed and the OpenAI routes."""
+    return {
         "Input": {
-            "oneOf": [text, ids, batch],
+            "oneOf": [parts["text"], parts["ids"], parts["batch"]],
             "description": "a string, token ids, or a list of strings and token-id lists",
         },
         "EmbedRequest": {
@@ -69,10 +83,10 @@ def _input_schemas(state: ServerState) -> dict:
             "properties": {
                 "inputs": {"$ref": REF + "Input"},
                 "truncate": {"type": "boolean", "nullable": True, "default": False},
-                "truncation_direction": direction,
-                "prompt_name": prompt,
+                "truncation_direction": parts["direction"],
+                "prompt_name": parts["prompt"],
                 "normalize": {"type": "boolean", "default": True},
-                "dimensions": dims,
+                "dimensions": parts["dims"],
             },
         },
         "OpenAICompatRequest": {
@@ -83,57 +97,77 @@ def _input_schemas(state: ServerState) -> dict:
                 "model": {"type": "string", "nullable": True},
                 "user": {"type": "string", "nullable": True},
                 "encoding_format": {"type": "string", "enum": ["float", "base64"], "default": "float"},
-                "dimensions": dims,
-            },
-        },
-        "SimilarityRequest": {
-            "type": "object",
-            "required": ["inputs"],
-            "properties": {
-                "inputs": {
-                    "type": "object",
-                    "required": ["source_sentence", "sentences"],
-                    "properties": {
-                        "source_sentence": text,
-                        "sentences": {
-                            "type": "array",
-                            "items": text,
-                            "minItems": 1,
-                            "maxItems": settings.max_client_batch_size - 1,
-                        },
-                    },
-                },
-                "parameters": {
-                    "type": "object",
-                    "nullable": True,
-                    "properties": {
-                        "truncate": {"type": "boolean", "nullable": True},
-                        "truncation_direction": direction,
-                        "prompt_name": prompt,
-                    },
-                },
-            },
-        },
-        "TokenizeRequest": {
-            "type": "object",
-            "required": ["inputs"],
-            "properties": {
-                "inputs": {
-                    "oneOf": [
-                        text,
-                        {"type": "array", "items": text, "minItems": 1, "maxItems": settings.max_client_batch_size},
-                    ]
-                },
-                "add_special_tokens": {"type": "boolean", "default": True},
-                "prompt_name": prompt,
+                "dimensions": parts["dims"],
             },
         },
     }
 
 
-def _output_schemas() -> dict:
+def _similarity_request(parts: dict) -> dict:
+    text = parts["text"]
+    sentences = {"type": "array", "items": text, "minItems": 1, "maxItems": parts["max_batch"] - 1}
+    return {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "inputs": {
+                "type": "object",
+                "required": ["source_sentence", "sentences"],
+                "properties": {"source_sentence": text, "sentences": sentences},
+            },
+            "parameters": {
+                "type": "object",
+                "nullable": True,
+                "properties": {
+                    "truncate": {"type": "boolean", "nullable": True},
+                    "truncation_direction": parts["direction"],
+                    "prompt_name": parts["prompt"],
+                },
+            },
+        },
+    }
+
+
+def _tokenize_request(parts: dict) -> dict:
+    text = parts["text"]
+    texts = {"type": "array", "items": text, "minItems": 1, "maxItems": parts["max_batch"]}
+    return {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "inputs": {"oneOf": [text, texts]},
+            "add_special_tokens": {"type": "boolean", "default": True},
+            "prompt_name": parts["prompt"],
+        },
+    }
+
+
+def _input_schemas(state: ServerState) -> dict:
+    parts = _input_parts(state)
+    return {
+        **_embed_requests(parts),
+        "SimilarityRequest": _similarity_request(parts),
+        "TokenizeRequest": _tokenize_request(parts),
+    }
+
+
+def _embedding_outputs() -> dict:
+    """The answers of /embed, /similarity and the OpenAI routes."""
     vector = {"type": "array", "items": {"type": "number"}}
-    nullable_int = {"type": "integer", "nullable": True}
+    item = {
+        "type": "object",
+        "required": ["object", "embedding", "index"],
+        "properties": {
+            "object": {"type": "string", "enum": ["embedding"]},
+            "embedding": {"oneOf": [vector, {"type": "string"}]},
+            "index": {"type": "integer"},
+        },
+    }
+    usage = {
+        "type": "object",
+        "required": ["prompt_tokens", "total_tokens"],
+        "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}},
+    }
     return {
         "EmbedResponse": {"type": "array", "items": vector},
         "SimilarityResponse": {"type": "array", "items": {"type": "number"}},
@@ -142,26 +176,17 @@ def _output_schemas() -> dict:
             "required": ["object", "data", "model", "usage"],
             "properties": {
                 "object": {"type": "string", "enum": ["list"]},
-                "data": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["object", "embedding", "index"],
-                        "properties": {
-                            "object": {"type": "string", "enum": ["embedding"]},
-                            "embedding": {"oneOf": [vector, {"type": "string"}]},
-                            "index": {"type": "integer"},
-                        },
-                    },
-                },
+                "data": {"type": "array", "items": item},
                 "model": {"type": "string"},
-                "usage": {
-                    "type": "object",
-                    "required": ["prompt_tokens", "total_tokens"],
-                    "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}},
-                },
+                "usage": usage,
             },
         },
+    }
+
+
+def _tokenize_and_info_outputs() -> dict:
+    nullable_int = {"type": "integer", "nullable": True}
+    return {
         "SimpleToken": {
             "type": "object",
             "required": ["id", "text", "special", "start", "stop"],
@@ -185,6 +210,11 @@ def _output_schemas() -> dict:
                 "version": {"type": "string"},
             },
         },
+    }
+
+
+def _error_outputs() -> dict:
+    return {
         "ErrorResponse": {
             "type": "object",
             "required": ["error", "error_type"],
@@ -198,13 +228,16 @@ def _output_schemas() -> dict:
     }
 
 
-def document(state: ServerState) -> dict:
-    from refimpl import __version__
+def _output_schemas() -> dict:
+    return {**_embedding_outputs(), **_tokenize_and_info_outputs(), **_error_outputs()}
 
-    secured = bool(state.settings.api_key)
+
+def _inference_paths(secured: bool) -> dict:
+    """The routes that embed or tokenize (behind the API key when there is one)."""
     inference = (400, 413, 422, 424, 429) + ((401,) if secured else ())
     plain = (400, 413, 422) + ((401,) if secured else ())
-    paths = {
+    openai_embeddings = _json("OpenAICompatResponse", "Embeddings")
+    return {
         "/embed": {
             "post": _operation(
                 "Embed inputs (TEI)", "EmbedRequest", _json("EmbedResponse", "Embeddings"), inference, secured=secured
@@ -212,22 +245,12 @@ def document(state: ServerState) -> dict:
         },
         "/v1/embeddings": {
             "post": _operation(
-                "Embed inputs (OpenAI)",
-                "OpenAICompatRequest",
-                _json("OpenAICompatResponse", "Embeddings"),
-                inference,
-                True,
-                secured,
+                "Embed inputs (OpenAI)", "OpenAICompatRequest", openai_embeddings, inference, True, secured
             )
         },
         "/embeddings": {
             "post": _operation(
-                "Embed inputs (OpenAI, TEI's alias)",
-                "OpenAICompatRequest",
-                _json("OpenAICompatResponse", "Embeddings"),
-                inference,
-                True,
-                secured,
+                "Embed inputs (OpenAI, TEI's alias)", "OpenAICompatRequest", openai_embeddings, inference, True, secured
             )
         },
         "/similarity": {
@@ -244,6 +267,14 @@ def document(state: ServerState) -> dict:
                 "Tokenize inputs (TEI)", "TokenizeRequest", _json("TokenizeResponse", "Tokens"), plain, secured=secured
             )
         },
+    }
+
+
+def _service_paths(secured: bool) -> dict:
+    """/info (behind the API key when there is one), and the public /health, /metrics, /openapi.json."""
+    metrics = {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    this = {"description": "OpenAPI 3.0.3", "content": {"application/json": {"schema": {"type": "object"}}}}
+    return {
         "/info": {
             "get": _operation(
                 "Served model info", None, _json("Info", "Info"), (401,) if secured else (), secured=secured
@@ -252,23 +283,15 @@ def document(state: ServerState) -> dict:
         "/health": {
             "get": _operation("200 once the model is loaded and warmed up", None, {"description": "Healthy"}, (503,))
         },
-        "/metrics": {
-            "get": _operation(
-                "Prometheus metrics",
-                None,
-                {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
-                (),
-            )
-        },
-        "/openapi.json": {
-            "get": _operation(
-                "This document",
-                None,
-                {"description": "OpenAPI 3.0.3", "content": {"application/json": {"schema": {"type": "object"}}}},
-                (),
-            )
-        },
+        "/metrics": {"get": _operation("Prometheus metrics", None, metrics, ())},
+        "/openapi.json": {"get": _operation("This document", None, this, ())},
     }
+
+
+def document(state: ServerState) -> dict:
+    from refimpl import __version__
+
+    secured = bool(state.settings.api_key)
     components = {"schemas": {**_input_schemas(state), **_output_schemas()}}
     if secured:
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
@@ -279,6 +302,6 @@ def document(state: ServerState) -> dict:
             "version": __version__,
             "description": "Sentence embeddings over HTTP, TEI- and OpenAI-compatible",
         },
-        "paths": paths,
+        "paths": {**_inference_paths(secured), **_service_paths(secured)},
         "components": components,
     }

@@ -57,7 +57,14 @@ def _port(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser, default_model: str):
     """The serve options, on ``parser`` (``refimpl serve`` adds them to its subcommand)."""
-    d = Settings()
+    defaults = Settings()
+    add_model_arguments(parser, default_model)
+    add_server_arguments(parser, defaults)
+    add_limit_arguments(parser, defaults)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_model: str):
+    """Which model, and how it computes."""
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model", "-m", default=default_model, help=f"Hub id or local directory (default: {default_model})"
@@ -74,6 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser, default_model: str):
     )
     model.add_argument("--threads", type=_positive, help="BLAS threads (default: all cores)")
     model.add_argument("--served-model-name", help="the `model` name /v1/embeddings reports (default: --model)")
+
+
+def add_server_arguments(parser: argparse.ArgumentParser, d: Settings):
+    """Where to listen, the API key, shutdown and logging."""
     net = parser.add_argument_group("server")
     net.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host})")
     net.add_argument("--port", "-p", type=_port, default=d.port, help=f"port (default {d.port}; 0: any free port)")
@@ -91,6 +102,10 @@ def add_arguments(parser: argparse.ArgumentParser, default_model: str):
     net.add_argument("--access-log", action="store_true", help="also log uvicorn's access lines (default off)")
     net.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"])
     net.add_argument("--debug-forward-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser, d: Settings):
+    """Batching and the request limits (defaults as TEI's)."""
     limits = parser.add_argument_group("batching and limits (defaults as TEI's)")
     limits.add_argument(
         "--max-batch-tokens",
