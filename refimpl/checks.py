@@ -46,3 +46,19 @@ def compute_dtype(dtype) -> np.dtype:
     if str(dtype) not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     return np.dtype(str(dtype))
+
+
+COMPUTE_MODES = ("float32", "int8", "bfloat16")
+
+
+def check_compute(compute, engine: str, dtype: np.dtype):
+    """The fast engine computes in float32, int8 or bfloat16; the reference engine and float64 mode only
+    in their dtype: anything else is refused, never silently run in another mode."""
+    if compute not in COMPUTE_MODES:
+        raise ValueError(f"compute must be one of {COMPUTE_MODES}, got {compute!r}")
+    if compute != "float32" and engine != "fast":
+        raise ValueError(
+            f"compute={compute!r} needs the fast engine; the {engine!r} engine computes in float32/float64"
+        )
+    if compute != "float32" and dtype != np.float32:
+        raise ValueError(f"compute={compute!r} runs float32 weights; dtype={dtype.name} is for float64 verification")

@@ -178,6 +178,28 @@ _WHOLE_FILE_HASH_LIMIT = 4 * 1024 * 1024
 _EDGE_BYTES = 1024 * 1024
 
 
+def _update_with_file(digest, path: Path, name: str):
+    """Feed a file's name, size, modification time and content (small files whole, large ones by their
+    first and last MiB, which hold a safetensors header) to ``digest``."""
+    stat = path.stat()
+    digest.update(f"{name}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
+    with open(path, "rb") as handle:
+        if stat.st_size <= _WHOLE_FILE_HASH_LIMIT:
+            digest.update(handle.read())
+        else:
+            digest.update(handle.read(_EDGE_BYTES))
+            handle.seek(-_EDGE_BYTES, os.SEEK_END)
+            digest.update(handle.read(_EDGE_BYTES))
+
+
+def fingerprint_weights_file(path) -> str:
+    """A quick digest of one (possibly large) file, as ``fingerprint_dir`` digests each of its files."""
+    path = Path(path).resolve()
+    digest = hashlib.sha256()
+    _update_with_file(digest, path, str(path))
+    return digest.hexdigest()
+
+
 def fingerprint_dir(directory) -> str:
     """A digest of a model directory's content, for caches keyed by the model rather than its name.
 
@@ -186,13 +208,5 @@ def fingerprint_dir(directory) -> str:
     directory = Path(directory)
     digest = hashlib.sha256()
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(directory)}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
-        with open(path, "rb") as handle:
-            if stat.st_size <= _WHOLE_FILE_HASH_LIMIT:
-                digest.update(handle.read())
-            else:
-                digest.update(handle.read(_EDGE_BYTES))
-                handle.seek(-_EDGE_BYTES, os.SEEK_END)
-                digest.update(handle.read(_EDGE_BYTES))
+        _update_with_file(digest, path, str(path.relative_to(directory)))
     return digest.hexdigest()

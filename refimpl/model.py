@@ -21,9 +21,9 @@ from refimpl.util import PAIRWISE_SIMILARITY, SIMILARITY
 
 
 class SentenceTransformer:
-    """A sentence-transformers model (BERT or RoBERTa encoder, pooling, optional Normalize) in NumPy: the same
-    constructor and ``encode`` arguments and results as ``sentence_transformers.SentenceTransformer``, as NumPy
-    arrays. ``dtype="float64"`` computes in float64; ``engine`` picks an engine of ``refimpl.engines``."""
+    """A sentence-transformers model in NumPy: ``sentence_transformers.SentenceTransformer``'s constructor and
+    ``encode``, NumPy results. ``dtype="float64"`` computes in float64; ``engine`` is one of ``refimpl.engines``;
+    ``compute`` the fast engine's arithmetic: "float32", "int8", "bfloat16" (``engine_info`` names the kernels)."""
 
     def __init__(
         self,
@@ -40,6 +40,7 @@ class SentenceTransformer:
         truncate_dim: int | None = None,
         dtype: str = "float32",
         engine: str = DEFAULT_ENGINE,
+        compute: str = "float32",
         threads: int | None = None,
     ):
         cpu_device(device)
@@ -53,7 +54,7 @@ class SentenceTransformer:
             token=token,
         )
         self.model_name_or_path = os.fspath(model_name_or_path)
-        self._pipeline = load(self.model_dir, dtype=self.dtype, engine=engine)
+        self._pipeline = load(self.model_dir, dtype=self.dtype, engine=engine, compute=compute)
         self.prompts, self.default_prompt_name, self.similarity_fn_name = model_settings(
             self.model_dir / "config_sentence_transformers.json", prompts, default_prompt_name, similarity_fn_name
         )

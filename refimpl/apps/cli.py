@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from refimpl.checks import DTYPES
+from refimpl.checks import COMPUTE_MODES, DTYPES
 from refimpl.engines import DEFAULT_ENGINE, ENGINES
 from refimpl.io import BOM, split_lines, write_atomically
 from refimpl.io import read_lines as read_text_lines
@@ -58,6 +58,9 @@ def _add_model_arguments(parser):
     group.add_argument("--local-files-only", action="store_true", help="never contact the Hub (also: HF_HUB_OFFLINE=1)")
     group.add_argument("--dtype", choices=DTYPES, default="float32")
     group.add_argument(
+        "--compute", choices=COMPUTE_MODES, default="float32", help="the fast engine's arithmetic (default float32)"
+    )
+    group.add_argument(
         "--threads",
         type=count_argument,
         help="BLAS threads for the matrix products (default: all cores); the numba kernels run on one",
@@ -73,6 +76,7 @@ def load_model(args):
         cache_folder=args.cache_folder,
         local_files_only=args.local_files_only,
         dtype=args.dtype,
+        compute=args.compute,
         threads=args.threads,
     )
 
@@ -150,6 +154,7 @@ def cmd_encode_distributed(args):
             ("cache_folder", args.cache_folder),
             ("local_files_only", args.local_files_only or None),
             ("dtype", args.dtype if args.dtype != "float32" else None),
+            ("compute", args.compute if args.compute != "float32" else None),
         )
         if value is not None
     }
@@ -415,6 +420,25 @@ def _serve_arguments(serve):
     add_arguments(serve, DEFAULT_MODEL)  # its own model group, with --compute and the server's limits
 
 
+def version_line() -> str:
+    from refimpl import __version__
+
+    return f"refimpl {__version__} (`refimpl info` names the CPU features and the kernels it runs)"
+
+
+def cmd_info(args):
+    """The version, the CPU's features, the kernel tier and what each compute mode runs (no model loaded)."""
+    import platform
+
+    from refimpl import __version__
+    from refimpl.engines.fast.kernels.cpu import describe
+    from refimpl.run.threads import blas_info
+
+    lines = [f"refimpl {__version__}, Python {platform.python_version()}, {platform.machine()}", describe()]
+    lines += [f"BLAS: {i.get('internal_api')} {i.get('version')} ({i.get('architecture')})" for i in blas_info()]
+    print("\n".join(lines))
+
+
 # name, function, its arguments, whether it loads a model, help, description
 COMMANDS = [
     (
@@ -480,12 +504,14 @@ COMMANDS = [
         "Serve the model over HTTP: TEI's /embed, /similarity, /tokenize, /info, /health, /metrics and OpenAI's "
         "/v1/embeddings, with dynamic batching. See docs/serving.md.",
     ),
+    ("info", cmd_info, lambda parser: None, False, "the version, CPU features and kernels refimpl runs", None),
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refimpl", description="Sentence embeddings in NumPy, no PyTorch.")
     parser.add_argument("--verbose", "-v", action="store_true", help="log progress")
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
     for name, function, arguments, loads_model, help_text, description in COMMANDS:
         command = sub.add_parser(name, help=help_text, description=description or help_text)

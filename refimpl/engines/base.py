@@ -23,16 +23,23 @@ def check_indices(config: EncoderConfig, input_ids: np.ndarray, token_type_ids: 
         raise ValueError(f"a sequence of {longest} tokens exceeds the {config.max_tokens} the position table holds")
 
 
+def weights_dtype(weights: dict) -> np.dtype:
+    return weights["embeddings"]["LayerNorm"]["weight"].dtype
+
+
 class EngineBase:
-    """What every engine is built from: the checkpoint's weights, config.json, the padding id."""
+    """What every engine is built from: the checkpoint's weights, config.json, the padding id, the
+    compute mode and the file the weights came from (for caches keyed by it)."""
 
     name: ClassVar[str]
+    compute_modes: ClassVar[tuple[str, ...]] = ("float32",)
 
-    def __init__(self, weights: dict, config: EncoderConfig, pad_token_id: int, **options):
-        if options:
-            raise ValueError(f"the {self.name!r} engine takes no options {sorted(options)}")
+    def __init__(self, weights: dict, config: EncoderConfig, pad_token_id: int, compute="float32", weights_file=None):
+        if compute not in self.compute_modes:
+            raise ValueError(f"the {self.name!r} engine computes in {self.compute_modes}, not {compute!r}")
         self.weights, self.config, self.pad_token_id = weights, config, pad_token_id
+        self.compute, self.weights_file = compute, weights_file
 
     def describe(self) -> dict:
         """What the engine runs, for ``model.engine_info`` and ``refimpl info``."""
-        return {"engine": self.name}
+        return {"engine": self.name, "compute": self.compute, "dtype": weights_dtype(self.weights).name}

@@ -34,6 +34,9 @@ SAFETENSORS_DTYPES = {
     "I16": (2, np.dtype("<i2")),
     "I8": (1, np.dtype("i1")),
     "U8": (1, np.dtype("u1")),
+    "U16": (2, np.dtype("<u2")),
+    "U32": (4, np.dtype("<u4")),
+    "U64": (8, np.dtype("<u8")),
     "BOOL": (1, np.dtype("?")),
     "F8_E4M3": (1, None),
     "F8_E5M2": (1, None),
@@ -58,6 +61,15 @@ class StoredTensor:
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * SAFETENSORS_DTYPES[self.dtype][0]
+
+    def stored(self) -> np.ndarray:
+        """The tensor as stored, a read-only view of the mapped bytes (bfloat16 as its uint16 bits)."""
+        stored = np.dtype("<u2") if self.dtype == "BF16" else SAFETENSORS_DTYPES[self.dtype][1]
+        if stored is None:
+            raise ModelFileError(self.path, f"tensor '{self.name}' has dtype {self.dtype}, which NumPy cannot hold")
+        return np.frombuffer(self.buffer, dtype=stored, count=math.prod(self.shape), offset=self.offset).reshape(
+            self.shape
+        )
 
     def to_numpy(self, dtype: np.dtype) -> np.ndarray:
         """A float array of ``dtype``: a zero-copy view when the stored dtype matches, else a converted copy."""
@@ -86,7 +98,7 @@ def _no_duplicate_keys(pairs):
     return dict(pairs)
 
 
-def _read_header(path: Path, handle, size: int) -> tuple[dict, int]:
+def _read_header(path: Path, handle, size: int) -> tuple[dict, int, dict]:
     if size < 8:
         raise ModelFileError(path, f"file is truncated: {size} bytes, too short for a safetensors header")
     header_length = int.from_bytes(handle.read(8), "little")
@@ -105,7 +117,7 @@ def _read_header(path: Path, handle, size: int) -> tuple[dict, int]:
     metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise ModelFileError(path, "corrupt header: __metadata__ must map names to strings")
-    return header, 8 + header_length
+    return header, 8 + header_length, metadata
 
 
 def read_safetensors(path: Path) -> dict[str, StoredTensor]:
@@ -113,6 +125,11 @@ def read_safetensors(path: Path) -> dict[str, StoredTensor]:
 
     As strict as the safetensors library: known dtypes, byte spans that match each shape, and
     tensors that tile the data area exactly (no gaps, no overlaps, no trailing bytes)."""
+    return read_safetensors_with_metadata(path)[0]
+
+
+def read_safetensors_with_metadata(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
+    """``read_safetensors`` and the header's ``__metadata__`` (names to strings)."""
     path = Path(path)
     try:
         handle = open(path, "rb")
@@ -122,7 +139,7 @@ def read_safetensors(path: Path) -> dict[str, StoredTensor]:
         raise ModelFileError(path, f"cannot be opened ({error})") from None
     with handle:
         size = os.fstat(handle.fileno()).st_size
-        header, data_start = _read_header(path, handle, size)
+        header, data_start, metadata = _read_header(path, handle, size)
         buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
     data_size = size - data_start
     tensors = {name: _check_entry(path, name, entry, data_start, data_size, buffer) for name, entry in header.items()}
@@ -140,7 +157,7 @@ def read_safetensors(path: Path) -> dict[str, StoredTensor]:
         raise ModelFileError(
             path, f"corrupt file: the tensors cover {position} bytes of data but the file has {data_size}"
         )
-    return tensors
+    return tensors, metadata
 
 
 _MAX_DIMENSION = 2**62

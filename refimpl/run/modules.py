@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from refimpl.batch import Encoded
-from refimpl.checks import positive_int
+from refimpl.checks import check_compute, positive_int
 from refimpl.engines import DEFAULT_ENGINE, Engine, TokenStates, engine_class, pooling
+from refimpl.engines.base import weights_dtype
 from refimpl.errors import ModelFileError
 from refimpl.load.config import EncoderConfig, PoolingConfig, SentenceBertConfig, tokenizer_model_max_length
 from refimpl.load.tokenizer import TextTokenizer, load_backend
@@ -78,15 +79,19 @@ class Transformer:
         weights: dict,
         weights_file: Path,
         engine: str = DEFAULT_ENGINE,
+        compute: str = "float32",
     ):
-        engine_class(engine)  # refuse an unknown name at construction
+        engine_class(engine)  # refuse an unknown name, or a mode the engine cannot run, at load
+        check_compute(compute, engine, weights_dtype(weights))
         self.directory, self.tokenizer, self.weights, self.weights_file = directory, tokenizer, weights, weights_file
-        self.engine_name = engine
+        self.engine_name, self.compute = engine, compute
         self._config = config
         self._engines: dict[str, Engine] = {}
 
     @classmethod
-    def from_dir(cls, directory: Path, *, dtype=np.float32, engine: str = DEFAULT_ENGINE) -> Transformer:
+    def from_dir(
+        cls, directory: Path, *, dtype=np.float32, engine: str = DEFAULT_ENGINE, compute: str = "float32"
+    ) -> Transformer:
         config = EncoderConfig.from_file(directory / "config.json")
         sbert = SentenceBertConfig.from_file(directory / "sentence_bert_config.json")
         max_length, source = resolve_max_seq_length(directory, sbert, config)
@@ -105,7 +110,7 @@ class Transformer:
         check_tokenizer_fits(tokenizer, config, tokenizer_file)
         state, weights_file = read_state(directory)
         weights = load_weights(state, config, weights_file, dtype)
-        return cls(directory, config, tokenizer, weights, weights_file, engine)
+        return cls(directory, config, tokenizer, weights, weights_file, engine, compute)
 
     @property
     def config(self) -> EncoderConfig:
@@ -130,10 +135,14 @@ class Transformer:
         self.tokenizer.set_max_length(value)
 
     def engine(self, name: str | None = None) -> Engine:
-        """The engine ``name`` (default: the one chosen at load), built on first use and kept."""
+        """The engine ``name`` (default: the one chosen at load), built on first use and kept. The chosen
+        engine computes in the chosen mode; another one asked for by name (a comparison) in float32."""
         name = self.engine_name if name is None else name
         if name not in self._engines:
-            self._engines[name] = engine_class(name)(self.weights, self._config, self.tokenizer.pad_token_id)
+            compute = self.compute if name == self.engine_name else "float32"
+            self._engines[name] = engine_class(name)(
+                self.weights, self._config, self.tokenizer.pad_token_id, compute=compute, weights_file=self.weights_file
+            )
         return self._engines[name]
 
     def __call__(self, batch: Encoded, output_hidden_states: bool = False, engine: str | None = None) -> TokenStates:

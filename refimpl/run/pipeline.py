@@ -133,10 +133,10 @@ def warn_truncated(count: int, total: int, max_seq_length: int):
         )
 
 
-def load(model_dir: Path, *, dtype=np.float32, engine: str = DEFAULT_ENGINE) -> Pipeline:
+def load(model_dir: Path, *, dtype=np.float32, engine: str = DEFAULT_ENGINE, compute: str = "float32") -> Pipeline:
     """Build the modules listed in modules.json and check that they agree with each other."""
     builders = {
-        "Transformer": lambda path: Transformer.from_dir(path, dtype=dtype, engine=engine),
+        "Transformer": lambda path: Transformer.from_dir(path, dtype=dtype, engine=engine, compute=compute),
         "Pooling": Pooling.from_dir,
         "Normalize": Normalize.from_dir,
     }

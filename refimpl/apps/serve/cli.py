@@ -62,17 +62,12 @@ def load_model(args, settings: Settings):
         cache_folder=args.cache_folder,
         local_files_only=args.local_files_only,
         dtype=args.dtype,
+        compute=settings.compute,
         threads=args.threads,
     )
-    if settings.compute != "float32":  # passed only when asked, so float32 works on every refimpl
-        kwargs["compute"] = settings.compute
     try:
         model = SentenceTransformer(args.model, **kwargs)
-    except TypeError as error:
-        if "compute" in kwargs and "compute" in str(error):  # a refimpl whose SentenceTransformer lacks it
-            fail(f"--compute {settings.compute}: this refimpl has no compute modes yet (float32 only)")
-        fail(f"cannot load model {args.model}: {error}")
-    except (RefimplError, OSError, ValueError, KeyError, ImportError) as error:
+    except (RefimplError, OSError, ValueError, KeyError, ImportError, TypeError) as error:
         fail(f"cannot load model {args.model}: {error}")
     try:  # a model that cannot embed one sentence must not start a server
         model.embed_batch(model.tokenize_batch(["warm-up"]))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refimpl.batch import Encoded, token_budget_groups, unpack
-from refimpl.engines.base import EngineBase, check_indices
+from refimpl.engines.base import EngineBase, check_indices, weights_dtype
 
 # Length-sorted sentences run in packs of up to this many tokens (a longer sentence goes alone),
 # whatever batch_size says: the products are faster on a few thousand rows than on the few hundred
@@ -71,6 +71,34 @@ class PackedStates:
 
 class FastEngine(EngineBase):
     name = "fast"
+    compute_modes = ("float32", "int8", "bfloat16")
+
+    def __init__(self, weights, config, pad_token_id, compute="float32", weights_file=None):
+        super().__init__(weights, config, pad_token_id, compute, weights_file)
+        self._packed_layers = None  # the linear layers packed for the kernels, on the first pass
+
+    def kernel_tier(self) -> str:
+        """The tier of kernels this engine runs: the best the CPU has, or the one REFIMPL_KERNELS forces.
+        float64 (verification) always runs the BLAS path."""
+        if weights_dtype(self.weights) != np.float32:
+            return "blas"
+        from refimpl.engines.fast.kernels.cpu import requested_tier
+
+        return requested_tier()
+
+    def describe(self) -> dict:
+        from refimpl.engines.fast.kernels.cpu import describe_tier
+
+        return dict(super().describe(), **describe_tier(self.kernel_tier(), self.compute))
+
+    def packed_layers(self) -> list[dict] | None:
+        """Per layer, its linear layers packed for refimpl's kernels (from the cache, or packed now);
+        None on the BLAS tier in float32. The biases and everything else are read from the weights."""
+        if self._packed_layers is None and not (self.kernel_tier() == "blas" and self.compute == "float32"):
+            from refimpl.engines.fast.packed_weights import packed_layers
+
+            self._packed_layers = packed_layers(self.weights, self.compute, self.weights_file)
+        return self._packed_layers
 
     def plan(self, lengths, batch_size):
         # packed sequences never see each other, so a forward pass need not follow batch_size
@@ -88,6 +116,7 @@ class FastEngine(EngineBase):
             self.config,
             output_hidden_states,
             output_attentions,
+            self.packed_layers(),
         )
         return PackedStates(last_hidden, batch, hidden, attentions, real)
 

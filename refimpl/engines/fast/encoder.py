@@ -1,18 +1,19 @@
 """The fast engine's encoder: the same forward pass on packed tokens, with no padding at all.
 
-The B sentences of a batch are concatenated into N = sum(lengths) tokens;
-``cu_seqlens`` ([B + 1], cumulative lengths) says where each begins. The
-linear layers are one BLAS product over all N real tokens, the elementwise work
-runs in fused numba kernels (``kernels.py`` beside this file), and attention runs per sequence
-on its own length, so no work is spent on padding and no mask is needed. The
-result equals ``forward.encoder`` on the real tokens (tests/test_parity.py).
+The B sentences of a batch are concatenated into N = sum(lengths) tokens; ``cu_seqlens``
+([B + 1], cumulative lengths) says where each begins. Each linear layer is one product over all N
+real tokens: refimpl's own packed kernels (``kernels/matmul.py``: float32, int8 or bfloat16, bias
+and GELU fused into the store) when the engine packed the weights, else BLAS. The elementwise work
+runs in fused numba kernels (``kernels/norms.py``), and attention runs per sequence on its own
+length (``kernels/attention.py``), so no work is spent on padding and no mask is needed. In float32
+the result equals ``forward.encoder`` on the real tokens (tests/test_parity.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from refimpl.engines.fast import kernels
+from refimpl.engines.fast.kernels import norms
 from refimpl.load.config import EncoderConfig
 
 
@@ -37,7 +38,7 @@ def embeddings(input_ids, token_type_ids, cu_seqlens, w, config: EncoderConfig):
     word = w["word_embeddings"]["weight"]
     dtype = word.dtype
     out = np.empty((input_ids.shape[0], config.hidden_size), dtype)
-    kernels.embeddings_layer_norm(
+    norms.embeddings_layer_norm(
         input_ids,
         token_type_ids,
         packed_position_ids(input_ids, cu_seqlens, config),
@@ -60,59 +61,55 @@ SMALL_BATCH_TOKENS = 96
 
 
 def matmul_t(x, weight):
-    """x W^T through BLAS on the [out, in] layout (no transposed copy of W); the bias is
-    added by the kernel that follows."""
+    """x W^T through BLAS on the [out, in] layout (no transposed copy of W)."""
     if x.shape[0] < SMALL_BATCH_TOKENS:
         return np.matmul(weight, x.T).T.copy()  # [out, in] x [in, N] -> [out, N] -> [N, out]
     return np.matmul(x, weight.T)  # [N, in] -> [N, out]
 
 
-def sequence_attention(q, k, v, start, stop, num_heads, scale, out):
-    """softmax(Q K^T * scale) V for one sequence, all heads at once: [L, H] -> [L, H].
+def linear(x, w, packed=None, with_bias=True, gelu=False):
+    """nn.Linear (x W^T [+ b]) and, for the FFN's first product, GELU: [N, in] -> [N, out].
 
-    The products go through BLAS on head views of the packed rows (no copies); the
-    softmax is one fused kernel. No mask: the sequence attends only to itself.
-    Returns the attention probabilities [nh, L, L].
-    """
-    length, H = stop - start, q.shape[1]
-    d = H // num_heads
-    qh = q[start:stop].reshape(length, num_heads, d).transpose(1, 0, 2)  # [L, H] -> [nh, L, d]
-    kh = k[start:stop].reshape(length, num_heads, d).transpose(1, 2, 0)  # [L, H] -> [nh, d, L]
-    vh = v[start:stop].reshape(length, num_heads, d).transpose(1, 0, 2)  # [L, H] -> [nh, L, d]
-    scores = np.matmul(qh, kh)  # [nh, L, L]
-    kernels.softmax_rows(scores, scale)
-    out[start:stop].reshape(length, num_heads, d).transpose(1, 0, 2)[...] = np.matmul(scores, vh)  # -> [L, H]
-    return scores
+    With the weight packed for refimpl's kernels (``packed``, a ``kernels.matmul.PackedLinear``) the
+    bias and GELU are fused into the kernel's store; with BLAS they are one more pass. Without
+    ``with_bias`` the kernel that follows adds the bias."""
+    if packed is not None:
+        from refimpl.engines.fast.kernels.matmul import linear as packed_linear
+
+        return packed_linear(x, packed, w["bias"] if with_bias else None, gelu=gelu)
+    y = matmul_t(x, w["weight"])
+    if gelu:
+        norms.bias_gelu(y, w["bias"])
+    elif with_bias:
+        y += w["bias"]
+    return y
 
 
-def attention(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False):
+def attention(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False, packed=None):
     """RobertaAttention on packed tokens: projections, per-sequence attention, dense + residual + LayerNorm;
-    with ``keep_probabilities`` also each sequence's attention probabilities [nh, L, L]."""
+    with ``keep_probabilities`` also each sequence's attention probabilities [nh, L, L]. ``packed`` maps
+    the layer's linear layers ("self.query", ...) to their packed weights, when the engine packed them."""
+    from refimpl.engines.fast.kernels.attention import attention as fused_attention
+
+    packed = packed or {}
     sw = w["self"]
-    q = matmul_t(x, sw["query"]["weight"])  # [N, H] -> [N, H]
-    k = matmul_t(x, sw["key"]["weight"])
-    v = matmul_t(x, sw["value"]["weight"])
-    q += sw["query"]["bias"]
-    k += sw["key"]["bias"]
-    v += sw["value"]["bias"]
+    q, k, v = (linear(x, sw[n], packed.get(f"self.{n}")) for n in ("query", "key", "value"))  # [N, H] each
     context = np.empty_like(x)
     scale = _scalar(config.head_dim**-0.5, x.dtype)
-    kept = [] if keep_probabilities else None
-    for start, stop in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
-        if stop > start:
-            probabilities = sequence_attention(q, k, v, start, stop, config.num_attention_heads, scale, context)
-        else:
-            probabilities = np.empty((config.num_attention_heads, 0, 0), x.dtype)
-        if keep_probabilities:
-            kept.append(probabilities)
-    return dense_residual_layer_norm(context, x, w["output"], config), kept
+    heads = config.num_attention_heads
+    if keep_probabilities:
+        _, kept = fused_attention(q, k, v, cu_seqlens, heads, scale, out=context, probabilities=True)
+    else:
+        fused_attention(q, k, v, cu_seqlens, heads, scale, out=context)
+        kept = None
+    return dense_residual_layer_norm(context, x, w["output"], config, packed.get("output.dense")), kept
 
 
-def dense_residual_layer_norm(h, residual, w, config: EncoderConfig):
+def dense_residual_layer_norm(h, residual, w, config: EncoderConfig, packed=None):
     """LayerNorm(h W^T + b + residual): RobertaSelfOutput / RobertaOutput, LayerNorm fused with bias and residual."""
-    y = matmul_t(h, w["dense"]["weight"])  # [N, in] -> [N, H]
+    y = linear(h, w["dense"], packed, with_bias=False)  # [N, in] -> [N, H]
     out = np.empty_like(residual)
-    kernels.bias_residual_layer_norm(
+    norms.bias_residual_layer_norm(
         y,
         w["dense"]["bias"],
         residual,
@@ -125,35 +122,37 @@ def dense_residual_layer_norm(h, residual, w, config: EncoderConfig):
     return out
 
 
-def ffn(x, w, config: EncoderConfig):
-    """RobertaIntermediate + RobertaOutput: dense, bias + GELU fused, dense + residual + LayerNorm."""
-    h = matmul_t(x, w["intermediate"]["dense"]["weight"])  # [N, H] -> [N, I]
-    kernels.bias_gelu(h, w["intermediate"]["dense"]["bias"])
-    return dense_residual_layer_norm(h, x, w["output"], config)  # [N, I] -> [N, H]
+def ffn(x, w, config: EncoderConfig, packed=None):
+    """RobertaIntermediate + RobertaOutput: dense with bias and GELU, dense + residual + LayerNorm."""
+    packed = packed or {}
+    h = linear(x, w["intermediate"]["dense"], packed.get("intermediate.dense"), gelu=True)  # [N, H] -> [N, I]
+    return dense_residual_layer_norm(h, x, w["output"], config, packed.get("output.dense"))  # [N, I] -> [N, H]
 
 
-def layer(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False):
-    """RobertaLayer on packed tokens (and, when asked, its attention probabilities per sequence)."""
-    x, probabilities = attention(x, cu_seqlens, w["attention"], config, keep_probabilities)
-    return ffn(x, w, config), probabilities
+def layer(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False, packed=None):
+    """RobertaLayer on packed tokens (and, when asked, its attention probabilities per sequence);
+    ``packed``: the layer's packed linear layers by their checkpoint names, or None (BLAS)."""
+    packed = packed or {}
+    attention_packed = {
+        name.removeprefix("attention."): p for name, p in packed.items() if name.startswith("attention.")
+    }
+    x, probabilities = attention(x, cu_seqlens, w["attention"], config, keep_probabilities, attention_packed)
+    return ffn(x, w, config, packed), probabilities
 
 
 def encoder(
-    input_ids,
-    token_type_ids,
-    cu_seqlens,
-    weights,
-    config: EncoderConfig,
-    output_hidden_states=False,
-    output_attentions=False,
-):
+    input_ids, token_type_ids, cu_seqlens, weights, config: EncoderConfig, output_hidden_states=False,
+    output_attentions=False, packed_layers=None,
+):  # fmt: skip
     """The last hidden state of every real token, [N, H]; optionally every layer's, and every
-    layer's attention probabilities as one [nh, L, L] array per sequence (no padding)."""
+    layer's attention probabilities as one [nh, L, L] array per sequence (no padding).
+    ``packed_layers``: per layer, its linear layers packed for refimpl's kernels (None: BLAS)."""
     x = embeddings(input_ids, token_type_ids, cu_seqlens, weights["embeddings"], config)
     hidden_states = [x] if output_hidden_states else None  # kept only when asked: 13 x [N, H]
     attentions = [] if output_attentions else None
-    for layer_weights in weights["encoder"]["layer"]:
-        x, probabilities = layer(x, cu_seqlens, layer_weights, config, output_attentions)
+    for index, layer_weights in enumerate(weights["encoder"]["layer"]):
+        packed = packed_layers[index] if packed_layers is not None else None
+        x, probabilities = layer(x, cu_seqlens, layer_weights, config, output_attentions, packed)
         if output_hidden_states:
             hidden_states.append(x)
         if output_attentions:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refimpl.engines.fast import kernels
+from refimpl.engines.fast.kernels import pooling as kernels
 from refimpl.engines.pooling import CLAMP
 
 

@@ -1,0 +1,246 @@
+"""AVX2 + FMA kernels (16 ymm registers).
+
+The packed weights are the same format as for AVX-512 (panels of 48
+columns); the AVX2 microkernels work on 16-column sub-panels of a panel
+(B row stride 48), so one packed cache file serves every tier.
+
+Register tiles:
+* f32 : 6 x 16  -> 12 ymm accumulators + 2 B + 1 broadcast   (vfmadd231ps)
+* int8: 4 x 16  -> 8 accumulators.  Sign trick per 4-k group:
+        s = vpsignb(w, a)  (= w*sign(a)),  |a| = vpabsb(a),
+        p16 = vpmaddubsw(|a|, s)  (u8*s8 pairs; |a|<=127 so 2*127*127 fits s16),
+        p32 = vpmaddwd(p16, 1), acc += p32.  Exact int32 sums == VNNI ones.
+* bf16: 5 x 16  -> 10 accumulators (6x16 spills one register on a 16-ymm target).  W bf16 pairs widened to f32 (odd: and
+        0xffff0000, even: << 16); acc = fma(a_odd, w_odd, acc);
+        acc = fma(a_even, w_even, acc) with MXCSR FTZ+DAZ set around the loop:
+        bit-identical to vdpbf16ps (verified on Zen 5, see README/tests).
+
+Same work split / batch-invariance argument as avx512.py.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from refimpl.engines.fast.kernels import common as C
+from refimpl.engines.fast.kernels.intrinsics import PREFETCH_FLAG, make_microkernel
+
+NRP = C.NRP  # 48: packed panel width
+NR = 16  # sub-panel width of the microkernels
+NSUB = NRP // NR
+MR_F32, MR_I8, MR_BF16 = 6, 4, 5
+MB = 48
+KC = 256  # k steps per cache block
+PF_BYTES = 16384  # software prefetch distance (in the 192-byte-stride panel) ...
+PF_TILES = 3  # ... in the first PF_TILES tile passes over a B block
+TILES = {"f32": "%dx%d" % (MR_F32, NR), "int8": "%dx%d" % (MR_I8, NR), "bf16": "%dx%d" % (MR_BF16, NR)}
+FEATURES = {"f32": ("avx2", "fma"), "int8": ("avx2",), "bf16": ("avx2", "fma")}
+
+mk_f32 = make_microkernel("f32_avx2", MR_F32, NR, PF_BYTES, NR * 4)
+mk_i8 = make_microkernel("i8_avx2", MR_I8, NR, PF_BYTES, NR * 4)
+mk_bf16 = make_microkernel("bf16_emu", MR_BF16, NR, PF_BYTES, NR * 4)
+
+
+# ----------------------------------------------------------- work items
+# One work item = (row block of MB rows) x (16-column sub-panel of a 48-column panel).  The same
+# item function runs under ``prange`` (gemm_*) or a plain loop (gemm_*_serial,
+# used for small products: no parallel-region wake-up, no second core needed).
+
+
+@njit(inline="always", cache=True)
+def _item_f32(it, x, bp, bias, gelu, out):
+    M, K = x.shape
+    N = out.shape[1]
+    NS = (N + NR - 1) // NR
+    blk = it // NS
+    sp = it - blk * NS
+    p = sp // NSUB
+    s = sp - p * NSUB
+    j0 = sp * NR
+    nc = min(NR, N - j0)
+    r0 = blk * MB
+    rows = min(MB, M - r0)
+    nt = C.n_tiles(rows, MR_F32)
+    T = np.empty(nt * MR_F32 * NR, np.float32)
+    for k0 in range(0, K, KC):
+        ks = min(KC, K - k0)
+        for t in range(nt):
+            off, mr = C.tile_rows(rows, MR_F32, t)
+            mrf = mr | (PREFETCH_FLAG if t < PF_TILES else 0)
+            mk_f32(
+                x,
+                (r0 + off) * K + k0,
+                K,
+                mrf,
+                bp,
+                (p * K + k0) * NRP + s * NR,
+                NRP,
+                ks,
+                T[t * MR_F32 * NR : (t + 1) * MR_F32 * NR],
+                1 if k0 > 0 else 0,
+            )
+    for t in range(nt):
+        off, mr = C.tile_rows(rows, MR_F32, t)
+        C.epi_f32(T[t * MR_F32 * NR : (t + 1) * MR_F32 * NR], NR, mr, nc, out, r0 + off, j0, bias, gelu)
+
+
+@njit(inline="always", cache=True)
+def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out):
+    M, Kp = qa.shape
+    N = out.shape[1]
+    KG = bq.shape[1]
+    NS = (N + NR - 1) // NR
+    blk = it // NS
+    sp = it - blk * NS
+    p = sp // NSUB
+    s = sp - p * NSUB
+    j0 = sp * NR
+    nc = min(NR, N - j0)
+    r0 = blk * MB
+    rows = min(MB, M - r0)
+    nt = C.n_tiles(rows, MR_I8)
+    T = np.empty(nt * MR_I8 * NR, np.int32)
+    for k0 in range(0, KG, KC):
+        ks = min(KC, KG - k0)
+        for t in range(nt):
+            off, mr = C.tile_rows(rows, MR_I8, t)
+            mrf = mr | (PREFETCH_FLAG if t < PF_TILES else 0)
+            mk_i8(
+                qa,
+                (r0 + off) * Kp + 4 * k0,
+                Kp,
+                mrf,
+                bq,
+                (p * KG + k0) * NRP * 4 + s * NR * 4,
+                NRP * 4,
+                ks,
+                T[t * MR_I8 * NR : (t + 1) * MR_I8 * NR],
+                1 if k0 > 0 else 0,
+            )
+    for t in range(nt):
+        off, mr = C.tile_rows(rows, MR_I8, t)
+        C.epi_i8(T[t * MR_I8 * NR : (t + 1) * MR_I8 * NR], NR, mr, nc, out, r0 + off, j0, bias, sx, sw, colsum, 0, gelu)
+
+
+@njit(inline="always", cache=True)
+def _item_bf16(it, xa, bb, bias, gelu, out):
+    M, Kp2 = xa.shape
+    N = out.shape[1]
+    KH = bb.shape[1]
+    NS = (N + NR - 1) // NR
+    blk = it // NS
+    sp = it - blk * NS
+    p = sp // NSUB
+    s = sp - p * NSUB
+    j0 = sp * NR
+    nc = min(NR, N - j0)
+    r0 = blk * MB
+    rows = min(MB, M - r0)
+    nt = C.n_tiles(rows, MR_BF16)
+    T = np.empty(nt * MR_BF16 * NR, np.float32)
+    for k0 in range(0, KH, KC):
+        ks = min(KC, KH - k0)
+        for t in range(nt):
+            off, mr = C.tile_rows(rows, MR_BF16, t)
+            mrf = mr | (PREFETCH_FLAG if t < PF_TILES else 0)
+            mk_bf16(
+                xa,
+                (r0 + off) * Kp2 + 2 * k0,
+                Kp2,
+                mrf,
+                bb,
+                (p * KH + k0) * NRP * 2 + s * NR * 2,
+                NRP * 2,
+                ks,
+                T[t * MR_BF16 * NR : (t + 1) * MR_BF16 * NR],
+                1 if k0 > 0 else 0,
+            )
+    for t in range(nt):
+        off, mr = C.tile_rows(rows, MR_BF16, t)
+        C.epi_f32(T[t * MR_BF16 * NR : (t + 1) * MR_BF16 * NR], NR, mr, nc, out, r0 + off, j0, bias, gelu)
+
+
+@njit(inline="always", cache=True)
+def _n_items(M, N):
+    return ((M + MB - 1) // MB) * ((N + NR - 1) // NR)
+
+
+@njit(parallel=True, cache=True)
+def gemm_f32(x, bp, bias, gelu, out):
+    """out = x @ W.T + bias (+GELU).  x [M,K] f32 C-contig, bp [NP,K,48]."""
+    for it in prange(_n_items(x.shape[0], out.shape[1])):
+        _item_f32(it, x, bp, bias, gelu, out)
+
+
+@njit(cache=True)
+def gemm_f32_serial(x, bp, bias, gelu, out):
+    for it in range(_n_items(x.shape[0], out.shape[1])):
+        _item_f32(it, x, bp, bias, gelu, out)
+
+
+@njit(parallel=True, cache=True)
+def gemm_int8(qa, sx, bq, sw, colsum, bias, gelu, out):
+    """qa [M,Kp] int8 (q), bq [NP,Kp/4,48,4] int8."""
+    for it in prange(_n_items(qa.shape[0], out.shape[1])):
+        _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out)
+
+
+@njit(cache=True)
+def gemm_int8_serial(qa, sx, bq, sw, colsum, bias, gelu, out):
+    for it in range(_n_items(qa.shape[0], out.shape[1])):
+        _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out)
+
+
+@njit(parallel=True, cache=True)
+def gemm_bf16(xa, bb, bias, gelu, out):
+    """xa [M,Kp2] float32 (bf16-rounded activations), bb [NP,Kp2/2,48,2] uint16."""
+    for it in prange(_n_items(xa.shape[0], out.shape[1])):
+        _item_bf16(it, xa, bb, bias, gelu, out)
+
+
+@njit(cache=True)
+def gemm_bf16_serial(xa, bb, bias, gelu, out):
+    for it in range(_n_items(xa.shape[0], out.shape[1])):
+        _item_bf16(it, xa, bb, bias, gelu, out)
+
+
+# ------------------------------------------------------------ entry points
+# NB: the parallel=True functions are only ever called from Python.  A cached
+# @njit function that calls a parallel=True function segfaults when it is
+# loaded back from numba's cache (numba 0.68), so the glue below is Python.
+
+
+def prepare_int8(x, kp, parallel=True):
+    """Quantise activations for this module's int8 kernel -> (qa [M,kp] int8 = q, sx [M])."""
+    M = x.shape[0]
+    qa = np.empty((M, kp), np.int8)
+    sx = np.empty(M, np.float32)
+    if parallel and x.size >= C.SERIAL_BELOW:
+        C.quantize_rows(x, qa, sx, 0)
+    else:
+        C.quantize_rows_serial(x, qa, sx, 0)
+    return qa, sx
+
+
+def prepare_bf16(x, kp2, parallel=True):
+    xa = np.empty((x.shape[0], kp2), np.float32)
+    if parallel and x.size >= C.SERIAL_BELOW:
+        C.bf16_rows_f32(x, xa)
+    else:
+        C.bf16_rows_f32_serial(x, xa)
+    return xa
+
+
+def linear_f32(x, packed, bias, gelu, out, parallel=True):
+    (gemm_f32 if parallel else gemm_f32_serial)(x, packed["w"], bias, gelu, out)
+
+
+def linear_int8(x, packed, bias, gelu, out, parallel=True):
+    w = packed["w"]
+    qa, sx = prepare_int8(x, w.shape[1] * 4, parallel)
+    (gemm_int8 if parallel else gemm_int8_serial)(qa, sx, w, packed["scale"], packed["colsum"], bias, gelu, out)
+
+
+def linear_bf16(x, packed, bias, gelu, out, parallel=True):
+    w = packed["w"]
+    xa = prepare_bf16(x, w.shape[1] * 2, parallel)
+    (gemm_bf16 if parallel else gemm_bf16_serial)(xa, w, bias, gelu, out)

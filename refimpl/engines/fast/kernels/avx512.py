@@ -1,0 +1,238 @@
+"""AVX-512 kernels (needs avx512f/bw/vl; int8 needs avx512vnni, bf16 needs
+avx512bf16 -- ``cpu.select`` falls back to ``avx2.py`` for a mode otherwise).
+
+Register tiles (32 zmm): MR x NR = 8 x 48 for every mode -> 24 accumulators,
+3 B vectors, broadcasts folded into the FMA/dot instructions or one register.
+
+* f32 : acc += bcast(x[i,k]) * B[k, 16c:16c+16]              (vfmadd231ps)
+* int8: acc += dot4(u8 = q[i,4g:4g+4]+128, s8 = Wq[.., 4g:4g+4])  (vpdpbusd),
+        epilogue subtracts 128*colsum(Wq) -> exactly the AVX2 int32 sums
+* bf16: acc = vdpbf16ps(acc, bf16 pair of x, bf16 pairs of W)
+
+Loop structure (all modes): work items = (row block of MB rows) x (panel of
+48 columns), distributed by ``prange`` (dynamic, chunk 1).  Inside an item the
+rows are split into balanced tiles of <= MR rows; each tile runs the full K
+loop in registers (k in increasing order, one chain per output element), is
+stored to a scratch tile and finished by the shared epilogue (bias /
+dequantisation / GELU).  Nothing about an output element's arithmetic depends
+on M, the tile, the item or the thread -> batch invariant.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from refimpl.engines.fast.kernels import common as C
+from refimpl.engines.fast.kernels.intrinsics import PREFETCH_FLAG, make_microkernel
+
+NR = 48
+MR = 8
+MB = 64  # rows per work item
+KC = 192  # k steps per cache block (B block = 192*192 B = 36 KB, in L1)
+PF_BYTES = 16384  # software prefetch distance (bytes of B ahead) ...
+PF_TILES = 3  # ... in the first PF_TILES tile passes over a B block (batch-1: all)
+TILES = {"f32": "%dx%d" % (MR, NR), "int8": "%dx%d" % (MR, NR), "bf16": "%dx%d" % (MR, NR)}
+FEATURES = {"f32": ("avx512f",), "int8": ("avx512f", "avx512bw", "avx512vnni"), "bf16": ("avx512f", "avx512bf16")}
+
+mk_f32 = make_microkernel("f32_avx512", MR, NR, PF_BYTES, NR * 4)
+mk_i8 = make_microkernel("i8_vnni", MR, NR, PF_BYTES, NR * 4)
+mk_bf16 = make_microkernel("bf16_avx512", MR, NR, PF_BYTES, NR * 4)
+
+
+# ----------------------------------------------------------- work items
+# One work item = (row block of MB rows) x (panel of 48 columns).  The same
+# item function runs under ``prange`` (gemm_*) or a plain loop (gemm_*_serial,
+# used for small products: no parallel-region wake-up, no second core needed).
+
+
+@njit(inline="always", cache=True)
+def _item_f32(it, x, bp, bias, gelu, out):
+    M, K = x.shape
+    N = out.shape[1]
+    NP = bp.shape[0]
+    blk = it // NP
+    p = it - blk * NP
+    j0 = p * NR
+    nc = min(NR, N - j0)
+    r0 = blk * MB
+    rows = min(MB, M - r0)
+    nt = C.n_tiles(rows, MR)
+    T = np.empty(nt * MR * NR, np.float32)
+    for k0 in range(0, K, KC):
+        ks = min(KC, K - k0)
+        for t in range(nt):
+            off, mr = C.tile_rows(rows, MR, t)
+            mrf = mr | (PREFETCH_FLAG if t < PF_TILES else 0)
+            mk_f32(
+                x,
+                (r0 + off) * K + k0,
+                K,
+                mrf,
+                bp,
+                (p * K + k0) * NR,
+                NR,
+                ks,
+                T[t * MR * NR : (t + 1) * MR * NR],
+                1 if k0 > 0 else 0,
+            )
+    for t in range(nt):
+        off, mr = C.tile_rows(rows, MR, t)
+        C.epi_f32(T[t * MR * NR : (t + 1) * MR * NR], NR, mr, nc, out, r0 + off, j0, bias, gelu)
+
+
+@njit(inline="always", cache=True)
+def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out):
+    M, Kp = qa.shape
+    N = out.shape[1]
+    NP = bq.shape[0]
+    KG = bq.shape[1]
+    blk = it // NP
+    p = it - blk * NP
+    j0 = p * NR
+    nc = min(NR, N - j0)
+    r0 = blk * MB
+    rows = min(MB, M - r0)
+    nt = C.n_tiles(rows, MR)
+    T = np.empty(nt * MR * NR, np.int32)
+    for k0 in range(0, KG, KC):
+        ks = min(KC, KG - k0)
+        for t in range(nt):
+            off, mr = C.tile_rows(rows, MR, t)
+            mrf = mr | (PREFETCH_FLAG if t < PF_TILES else 0)
+            mk_i8(
+                qa,
+                (r0 + off) * Kp + 4 * k0,
+                Kp,
+                mrf,
+                bq,
+                (p * KG + k0) * NR * 4,
+                NR * 4,
+                ks,
+                T[t * MR * NR : (t + 1) * MR * NR],
+                1 if k0 > 0 else 0,
+            )
+    for t in range(nt):
+        off, mr = C.tile_rows(rows, MR, t)
+        C.epi_i8(T[t * MR * NR : (t + 1) * MR * NR], NR, mr, nc, out, r0 + off, j0, bias, sx, sw, colsum, 128, gelu)
+
+
+@njit(inline="always", cache=True)
+def _item_bf16(it, xa, bb, bias, gelu, out):
+    M, Kp2 = xa.shape
+    N = out.shape[1]
+    NP = bb.shape[0]
+    KH = bb.shape[1]
+    blk = it // NP
+    p = it - blk * NP
+    j0 = p * NR
+    nc = min(NR, N - j0)
+    r0 = blk * MB
+    rows = min(MB, M - r0)
+    nt = C.n_tiles(rows, MR)
+    T = np.empty(nt * MR * NR, np.float32)
+    for k0 in range(0, KH, KC):
+        ks = min(KC, KH - k0)
+        for t in range(nt):
+            off, mr = C.tile_rows(rows, MR, t)
+            mrf = mr | (PREFETCH_FLAG if t < PF_TILES else 0)
+            mk_bf16(
+                xa,
+                (r0 + off) * Kp2 + 2 * k0,
+                Kp2,
+                mrf,
+                bb,
+                (p * KH + k0) * NR * 2,
+                NR * 2,
+                ks,
+                T[t * MR * NR : (t + 1) * MR * NR],
+                1 if k0 > 0 else 0,
+            )
+    for t in range(nt):
+        off, mr = C.tile_rows(rows, MR, t)
+        C.epi_f32(T[t * MR * NR : (t + 1) * MR * NR], NR, mr, nc, out, r0 + off, j0, bias, gelu)
+
+
+@njit(inline="always", cache=True)
+def _n_items(M, NP):
+    return ((M + MB - 1) // MB) * NP
+
+
+@njit(parallel=True, cache=True)
+def gemm_f32(x, bp, bias, gelu, out):
+    """out = x @ W.T + bias (+GELU).  x [M,K] f32 C-contig, bp [NP,K,48]."""
+    for it in prange(_n_items(x.shape[0], bp.shape[0])):
+        _item_f32(it, x, bp, bias, gelu, out)
+
+
+@njit(cache=True)
+def gemm_f32_serial(x, bp, bias, gelu, out):
+    for it in range(_n_items(x.shape[0], bp.shape[0])):
+        _item_f32(it, x, bp, bias, gelu, out)
+
+
+@njit(parallel=True, cache=True)
+def gemm_int8(qa, sx, bq, sw, colsum, bias, gelu, out):
+    """qa [M,Kp] uint8 (= q+128), bq [NP,Kp/4,48,4] int8."""
+    for it in prange(_n_items(qa.shape[0], bq.shape[0])):
+        _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out)
+
+
+@njit(cache=True)
+def gemm_int8_serial(qa, sx, bq, sw, colsum, bias, gelu, out):
+    for it in range(_n_items(qa.shape[0], bq.shape[0])):
+        _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out)
+
+
+@njit(parallel=True, cache=True)
+def gemm_bf16(xa, bb, bias, gelu, out):
+    """xa [M,Kp2] uint16 bf16 activations, bb [NP,Kp2/2,48,2] uint16."""
+    for it in prange(_n_items(xa.shape[0], bb.shape[0])):
+        _item_bf16(it, xa, bb, bias, gelu, out)
+
+
+@njit(cache=True)
+def gemm_bf16_serial(xa, bb, bias, gelu, out):
+    for it in range(_n_items(xa.shape[0], bb.shape[0])):
+        _item_bf16(it, xa, bb, bias, gelu, out)
+
+
+# ------------------------------------------------------------ entry points
+# NB: the parallel=True functions are only ever called from Python.  A cached
+# @njit function that calls a parallel=True function segfaults when it is
+# loaded back from numba's cache (numba 0.68), so the glue below is Python.
+
+
+def prepare_int8(x, kp, parallel=True):
+    """Quantise activations for this module's int8 kernel -> (qa [M,kp] uint8 = q+128, sx [M])."""
+    M = x.shape[0]
+    qa = np.empty((M, kp), np.uint8)
+    sx = np.empty(M, np.float32)
+    if parallel and x.size >= C.SERIAL_BELOW:
+        C.quantize_rows(x, qa, sx, 128)
+    else:
+        C.quantize_rows_serial(x, qa, sx, 128)
+    return qa, sx
+
+
+def prepare_bf16(x, kp2, parallel=True):
+    xa = np.empty((x.shape[0], kp2), np.uint16)
+    if parallel and x.size >= C.SERIAL_BELOW:
+        C.bf16_rows_u16(x, xa)
+    else:
+        C.bf16_rows_u16_serial(x, xa)
+    return xa
+
+
+def linear_f32(x, packed, bias, gelu, out, parallel=True):
+    (gemm_f32 if parallel else gemm_f32_serial)(x, packed["w"], bias, gelu, out)
+
+
+def linear_int8(x, packed, bias, gelu, out, parallel=True):
+    w = packed["w"]
+    qa, sx = prepare_int8(x, w.shape[1] * 4, parallel)
+    (gemm_int8 if parallel else gemm_int8_serial)(qa, sx, w, packed["scale"], packed["colsum"], bias, gelu, out)
+
+
+def linear_bf16(x, packed, bias, gelu, out, parallel=True):
+    w = packed["w"]
+    xa = prepare_bf16(x, w.shape[1] * 2, parallel)
+    (gemm_bf16 if parallel else gemm_bf16_serial)(xa, w, bias, gelu, out)

@@ -1,0 +1,178 @@
+"""numba code shared by every tier: activation quantisation / bf16 rounding,
+tile epilogues (bias, int8 dequantisation, GELU) and work splitting.
+
+Everything here is plain IEEE float32/int arithmetic with no FMA contraction,
+so it produces the same bits whichever kernel module calls it, and the NumPy
+twins in ``reference.py`` reproduce it exactly.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from refimpl.engines.fast.kernels.gelu import gelu_inplace
+
+NRP = 48  # packed panel width (columns) shared by all tiers
+
+_F127 = np.float32(127.0)
+
+
+# ------------------------------------------------------- int8 activations
+@njit(inline="always", cache=True)
+def _quant_row(x, i, q, sx, offset):
+    K = x.shape[1]
+    xr = x[i]
+    # max |x| as an integer max over the bit patterns (same order as the float
+    # values for non-NaN inputs) -- vectorises, unlike a float max without fastmath
+    xu = xr.view(np.uint32)
+    m = np.uint32(0)
+    for k in range(K):
+        u = xu[k] & np.uint32(0x7FFFFFFF)
+        m = u if u > m else m
+    amax = np.uint32(m).view(np.float32)
+    s = amax / _F127
+    sx[i] = s
+    row = q[i]
+    if s == np.float32(0.0):
+        for k in range(row.size):
+            row[k] = offset
+    else:
+        for k in range(K):
+            v = np.rint(xr[k] / s)
+            v = min(max(v, np.float32(-127.0)), np.float32(127.0))
+            row[k] = np.int32(v) + offset
+        for k in range(K, row.size):
+            row[k] = offset
+
+
+SERIAL_BELOW = 1 << 16  # M*K below which activation prep runs in the calling thread
+
+
+@njit(cache=True)
+def quantize_rows_serial(x, q, sx, offset):
+    for i in range(x.shape[0]):
+        _quant_row(x, i, q, sx, offset)
+
+
+@njit(parallel=True, cache=True)
+def quantize_rows(x, q, sx, offset):
+    """Symmetric per-row int8: sx[i] = max|x[i]|/127, q = clip(rint(x/sx), +-127) + offset.
+
+    ``q`` is [M, Kp] int8 (offset 0, AVX2 sign trick) or uint8 (offset 128,
+    VNNI's unsigned operand); columns K..Kp-1 are padding (= offset).
+    A zero row gets sx = 0 and q = offset.
+    """
+    for i in prange(x.shape[0]):
+        _quant_row(x, i, q, sx, offset)
+
+
+# ------------------------------------------------------------------ bf16
+@njit(inline="always", cache=True)
+def f32_to_bf16_bits(v):
+    """float32 -> bf16 bits (uint16 in a uint32): round-to-nearest-even,
+    NaN -> quiet NaN, bf16 denormals flushed to signed zero (vdpbf16ps treats
+    them as zero anyway)."""
+    u = np.float32(v).view(np.uint32)
+    if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+        return (u >> np.uint32(16)) | np.uint32(0x40)
+    r = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    if (r & np.uint32(0x7F80)) == np.uint32(0):
+        r = r & np.uint32(0x8000)
+    return r
+
+
+@njit(inline="always", cache=True)
+def _bf16_row_u16(x, i, out):
+    row = out[i]
+    K = x.shape[1]
+    for k in range(K):
+        row[k] = np.uint16(f32_to_bf16_bits(x[i, k]))
+    for k in range(K, row.size):
+        row[k] = np.uint16(0)
+
+
+@njit(inline="always", cache=True)
+def _bf16_row_f32(x, i, out):
+    row = out[i]
+    K = x.shape[1]
+    for k in range(K):
+        row[k] = np.uint32(f32_to_bf16_bits(x[i, k]) << np.uint32(16)).view(np.float32)
+    for k in range(K, row.size):
+        row[k] = np.float32(0.0)
+
+
+@njit(parallel=True, cache=True)
+def bf16_rows_u16(x, out):
+    """out[M, Kp2] uint16 = bf16(x), zero padded (for vdpbf16ps)."""
+    for i in prange(x.shape[0]):
+        _bf16_row_u16(x, i, out)
+
+
+@njit(cache=True)
+def bf16_rows_u16_serial(x, out):
+    for i in range(x.shape[0]):
+        _bf16_row_u16(x, i, out)
+
+
+@njit(parallel=True, cache=True)
+def bf16_rows_f32(x, out):
+    """out[M, Kp2] float32 = float32(bf16(x)) exactly, zero padded (AVX2 emulation)."""
+    for i in prange(x.shape[0]):
+        _bf16_row_f32(x, i, out)
+
+
+@njit(cache=True)
+def bf16_rows_f32_serial(x, out):
+    for i in range(x.shape[0]):
+        _bf16_row_f32(x, i, out)
+
+
+# ------------------------------------------------------------- epilogues
+@njit(inline="always", cache=True)
+def epi_f32(T, nr, mr, nc, out, i0, j0, bias, gelu):
+    """out[i0+r, j0:j0+nc] = T[r, :nc] + bias[j0:j0+nc]  (then GELU)."""
+    b = bias[j0 : j0 + nc]
+    for r in range(mr):
+        o = out[i0 + r, j0 : j0 + nc]
+        t = T[r * nr : r * nr + nc]
+        for j in range(nc):
+            o[j] = t[j] + b[j]
+        if gelu:
+            gelu_inplace(o)
+
+
+@njit(inline="always", cache=True)
+def epi_i8(T, nr, mr, nc, out, i0, j0, bias, sx, sw, colsum, corr, gelu):
+    """y = float32(acc) * (sx[i] * sw[j]) + bias[j]   (fixed order, no FMA).
+
+    acc = T - corr*colsum[j] (corr = 128 for the VNNI u8 = q+128 trick, else 0).
+    """
+    b = bias[j0 : j0 + nc]
+    w = sw[j0 : j0 + nc]
+    cs = colsum[j0 : j0 + nc]
+    for r in range(mr):
+        o = out[i0 + r, j0 : j0 + nc]
+        t = T[r * nr : r * nr + nc]
+        s = sx[i0 + r]
+        for j in range(nc):
+            acc = np.int32(t[j] - np.int32(corr) * cs[j])
+            o[j] = np.float32(acc) * (s * w[j]) + b[j]
+        if gelu:
+            gelu_inplace(o)
+
+
+@njit(inline="always", cache=True)
+def tile_rows(rows, mr_max, t):
+    """Balanced split of ``rows`` into ceil(rows/mr_max) tiles; returns
+    (first row offset, rows) of tile t.  (Any split gives identical results:
+    each output element is one sequential k-chain.)"""
+    nt = (rows + mr_max - 1) // mr_max
+    base = rows // nt
+    extra = rows - base * nt
+    if t < extra:
+        return t * (base + 1), base + 1
+    return extra * (base + 1) + (t - extra) * base, base
+
+
+@njit(inline="always", cache=True)
+def n_tiles(rows, mr_max):
+    return (rows + mr_max - 1) // mr_max

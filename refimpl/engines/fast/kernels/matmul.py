@@ -1,0 +1,177 @@
+"""Stable entry points for the engine.
+
+    from refimpl.engines.fast.kernels import matmul as api
+    p = api.pack(W, "int8")                 # W [out, in] float32 (nn.Linear layout)
+    y = api.linear(x, p, bias, gelu=True)   # x [M, in] float32 -> y [M, out] float32
+
+``PackedLinear.to_dict()`` / ``PackedLinear.from_dict(d)`` convert to and from
+a flat ``{name: np.ndarray}`` dict (safetensors / .npy friendly; arrays may be
+read-only memory maps -- the kernels only read them).  The packed format does
+not depend on the tier: a cache file written on an AVX-512 machine works on an
+AVX2 one.
+
+Results per mode:
+* "f32" : fp32 fma chain in k order (AVX2 and AVX-512 give identical bits;
+          the BLAS fallback tier does not).
+* "int8": dynamic symmetric per-row int8 activations x per-channel int8
+          weights, exact int32 sums; identical bits in every tier.
+* "bf16": bf16 weights and activations, vdpbf16ps arithmetic (float32 sums);
+          identical bits in every tier.
+Every mode is batch invariant: a row's output does not depend on the other
+rows of x, on M, or on the thread count.
+"""
+
+import os
+
+import numpy as np
+
+from refimpl.engines.fast.kernels import cpu, packing, threads
+
+FORMAT_VERSION = 1
+_MODE_ID = {"f32": 0, "int8": 1, "bf16": 2}
+_ID_MODE = {v: k for k, v in _MODE_ID.items()}
+
+
+class PackedLinear:
+    """Packed weight of one linear layer (tier independent)."""
+
+    __slots__ = ("mode", "n", "k", "arrays", "_zero_bias")
+
+    def __init__(self, mode, n, k, arrays):
+        if mode not in _MODE_ID:
+            raise ValueError("unknown mode %r" % (mode,))
+        self.mode = mode
+        self.n = int(n)
+        self.k = int(k)
+        self.arrays = dict(arrays)
+        self._zero_bias = None
+
+    @property
+    def out_features(self):
+        return self.n
+
+    @property
+    def in_features(self):
+        return self.k
+
+    def nbytes(self):
+        return sum(a.nbytes for a in self.arrays.values())
+
+    def to_dict(self, prefix=""):
+        d = {prefix + "meta": np.array([FORMAT_VERSION, _MODE_ID[self.mode], self.n, self.k, packing.NRP], np.int64)}
+        for name, a in self.arrays.items():
+            d[prefix + name] = a
+        return d
+
+    @classmethod
+    def from_dict(cls, d, prefix=""):
+        meta = np.asarray(d[prefix + "meta"])
+        ver, mode_id, n, k, nrp = (int(v) for v in meta[:5])
+        if ver != FORMAT_VERSION or nrp != packing.NRP:
+            raise ValueError(
+                "packed weight format %d/NR=%d, expected %d/%d: repack" % (ver, nrp, FORMAT_VERSION, packing.NRP)
+            )
+        mode = _ID_MODE[mode_id]
+        names = {"f32": ("w",), "int8": ("w", "scale", "colsum"), "bf16": ("w",)}[mode]
+        arrays = {nm: d[prefix + nm] for nm in names}
+        p = cls(mode, n, k, arrays)
+        p.check()
+        return p
+
+    def check(self):
+        w = self.arrays["w"]
+        NP = packing.n_panels(self.n)
+        want = {
+            "f32": (NP, self.k, packing.NRP),
+            "int8": (NP, (self.k + 3) // 4, packing.NRP, 4),
+            "bf16": (NP, (self.k + 1) // 2, packing.NRP, 2),
+        }[self.mode]
+        dt = {"f32": np.float32, "int8": np.int8, "bf16": np.uint16}[self.mode]
+        if w.shape != want or w.dtype != dt or not w.flags.c_contiguous:
+            raise ValueError(
+                "bad packed array: %s %s, expected %s %s C-contiguous" % (w.shape, w.dtype, want, np.dtype(dt))
+            )
+
+    def zero_bias(self):
+        if self._zero_bias is None:
+            self._zero_bias = np.zeros(self.n, np.float32)
+        return self._zero_bias
+
+    def __repr__(self):
+        return "PackedLinear(%s, out=%d, in=%d, %.1f MB)" % (self.mode, self.n, self.k, self.nbytes() / 1e6)
+
+
+def pack(weight, mode, tier=None):
+    """Pack ``weight`` [out, in] for ``mode`` ('f32' | 'int8' | 'bf16').
+
+    ``tier`` is only validated (the format is tier independent)."""
+    if mode not in packing.PACKERS:
+        raise ValueError("unknown mode %r (expected one of %s)" % (mode, tuple(packing.PACKERS)))
+    if tier is not None:
+        cpu.check_tier(tier)
+    W = np.ascontiguousarray(weight, dtype=np.float32)
+    if W.ndim != 2:
+        raise ValueError("weight must be 2-D [out, in]")
+    return PackedLinear(mode, W.shape[0], W.shape[1], packing.PACKERS[mode](W))
+
+
+_CHOICES = {}
+
+
+def kernel_for(mode, tier=None):
+    """(KernelChoice, module) used by ``linear`` for this mode/tier."""
+    key = (mode, tier, os.environ.get(cpu.ENV_VAR, ""))
+    hit = _CHOICES.get(key)
+    if hit is None:
+        ch = cpu.select(mode, tier)
+        hit = _CHOICES[key] = (ch, ch.kernel_module())
+    return hit
+
+
+# Products with fewer flops than this run in the calling thread only (no
+# parallel region).  See threads.py: with OMP_WAIT_POLICY=PASSIVE waking the
+# second thread costs ~40 us on this VM, with (briefly) spinning OpenMP ~2 us.
+SERIAL_FLOPS = None  # None -> threads.serial_flops()
+
+
+def linear(x, packed, bias=None, gelu=False, out=None, tier=None, parallel=None):
+    """y = x @ W.T + bias, optionally exact GELU -> [M, out] float32.
+
+    x        : [M, in] float32 (copied if not C-contiguous float32)
+    bias     : [out] float32 or None
+    out      : optional preallocated [M, out] float32 C-contiguous array
+    tier     : force 'avx512' | 'avx2' | 'blas' (default: $REFIMPL_KERNELS or best)
+    parallel : None = auto (serial below SERIAL_FLOPS), True/False to force.
+               The result bits never depend on it.
+    """
+    if not (type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != packed.k:
+        raise ValueError("x must be [M, %d], got %s" % (packed.k, x.shape))
+    M = x.shape[0]
+    if out is None:
+        out = np.empty((M, packed.n), np.float32)
+    elif out.shape != (M, packed.n) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous float32 [%d, %d]" % (M, packed.n))
+    if bias is None:
+        bias = packed.zero_bias()
+    elif not (
+        type(bias) is np.ndarray and bias.dtype == np.float32 and bias.shape == (packed.n,) and bias.flags.c_contiguous
+    ):
+        bias = np.ascontiguousarray(bias, dtype=np.float32)
+        if bias.shape != (packed.n,):
+            raise ValueError("bias must be [%d]" % packed.n)
+    if M == 0:
+        return out
+    if parallel is None:
+        thr = SERIAL_FLOPS if SERIAL_FLOPS is not None else threads.serial_flops()
+        parallel = 2.0 * M * packed.n * packed.k >= thr
+    if not threads.configured:
+        threads.ensure_configured()
+    _, mod = kernel_for(packed.mode, tier)
+    getattr(mod, "linear_" + packed.mode)(x, packed.arrays, bias, bool(gelu), out, bool(parallel))
+    return out
+
+
+def describe(tier=None):
+    return cpu.describe(tier)

@@ -1,0 +1,150 @@
+"""The fast engine's linear layers, packed once for the kernels and cached on disk.
+
+Every layer has six linear layers (query, key, value, the attention output, the FFN's two); each is
+packed into the microkernel's panel layout in the compute mode's format (float32, int8 with
+per-channel scales, bfloat16). Packing the klue-sized model takes seconds, so the packed arrays go
+to a safetensors file in the cache folder, keyed by the weights file's fingerprint and the format:
+
+    $REFIMPL_CACHE, else $XDG_CACHE_HOME/refimpl, else ~/.cache/refimpl
+        packed/<fingerprint>-<mode>-v<format>.safetensors
+
+Later loads map that file read-only (the pages are shared between processes, Dask workers
+included) and check it: a truncated file fails the layout check of ``formats.safetensors``, a
+corrupt one its SHA-256 (in the file's metadata), a stale one has another name. Either way it is
+rebuilt, saying so. A cache folder that cannot be written leaves the packed weights in memory.
+After packing, the checkpoint's own pages of those weights are dropped from memory
+(``madvise(MADV_DONTNEED)``), so no weight is resident twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import mmap
+import os
+from pathlib import Path
+
+import numpy as np
+
+from refimpl.io import fingerprint_weights_file
+
+logger = logging.getLogger("refimpl")
+
+LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+           "intermediate.dense", "output.dense")  # fmt: skip
+MODES = {"float32": "f32", "int8": "int8", "bfloat16": "bf16"}  # refimpl's names -> the kernels'
+
+
+def cache_folder() -> Path:
+    if os.environ.get("REFIMPL_CACHE"):
+        return Path(os.environ["REFIMPL_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "refimpl"
+
+
+def sub_dict(weights: dict, dotted: str) -> dict:
+    """``weights["attention"]["self"]["query"]`` for ``"attention.self.query"``."""
+    for part in dotted.split("."):
+        weights = weights[part]
+    return weights
+
+
+def pack_all(weights: dict, mode: str) -> dict[str, np.ndarray]:
+    """Every linear layer packed, as one flat dict of arrays ("layer.3.attention.self.query.w", ...)."""
+    from refimpl.engines.fast.kernels.matmul import pack
+
+    arrays = {}
+    for index, layer in enumerate(weights["encoder"]["layer"]):
+        for name in LINEARS:
+            packed = pack(sub_dict(layer, name)["weight"], MODES[mode])
+            arrays.update(packed.to_dict(prefix=f"layer.{index}.{name}."))
+    return arrays
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(arrays[name]).view(np.uint8).data)
+    return digest.hexdigest()
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+    """The cached arrays, mapped read-only, or None (saying why) when the file is not sound."""
+    from refimpl.errors import ModelFileError
+    from refimpl.formats.safetensors import read_safetensors_with_metadata
+
+    try:
+        tensors, metadata = read_safetensors_with_metadata(path)
+        arrays = {name: tensor.stored() for name, tensor in tensors.items()}
+    except ModelFileError as error:
+        logger.warning("refimpl: the packed-weight cache %s is unreadable (%s); packing again", path, error.problem)
+        return None
+    if metadata.get("sha256") != _digest(arrays):
+        logger.warning("refimpl: the packed-weight cache %s is corrupt (checksum mismatch); packing again", path)
+        return None
+    return arrays
+
+
+def _write_cache(path: Path, arrays: dict[str, np.ndarray], source: Path) -> bool:
+    from refimpl.formats.safetensors import write_safetensors
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_safetensors(arrays, path, metadata={"sha256": _digest(arrays), "source": str(source)})
+        return True
+    except OSError as error:
+        logger.warning("refimpl: cannot write the packed-weight cache %s (%s); keeping the packed weights in memory",
+                       path, error)  # fmt: skip
+        return False
+
+
+def cache_path(weights_file: Path, mode: str) -> Path:
+    from refimpl.engines.fast.kernels.matmul import FORMAT_VERSION
+
+    return (
+        cache_folder()
+        / "packed"
+        / f"{fingerprint_weights_file(weights_file)[:32]}-{mode}-v{FORMAT_VERSION}.safetensors"
+    )
+
+
+def load_or_pack(weights: dict, mode: str, weights_file: Path | None, use_cache: bool = True) -> dict:
+    """The packed arrays of every linear layer: from the cache when it holds them, else packed now
+    (and cached). Returns {"layer.I.NAME.": PackedLinear}."""
+    from refimpl.engines.fast.kernels.matmul import PackedLinear
+
+    arrays = None
+    path = cache_path(weights_file, mode) if use_cache and weights_file is not None else None
+    if path is not None and path.exists():
+        arrays = _read_cache(path)
+    if arrays is None:
+        arrays = pack_all(weights, mode)
+        if path is not None and _write_cache(path, arrays, weights_file):
+            arrays = _read_cache(path) or arrays  # the mapped copy: shared pages, the packed one is freed
+        release_checkpoint_pages(weights)
+    prefixes = sorted({name.rsplit(".", 1)[0] + "." for name in arrays})
+    return {prefix: PackedLinear.from_dict(arrays, prefix=prefix) for prefix in prefixes}
+
+
+def release_checkpoint_pages(weights: dict):
+    """Drop the pages of the mapped checkpoint that packing read: they are not needed again
+    (the packed copy is), and the kernel reads them back from the file if anything asks."""
+    for layer in weights["encoder"]["layer"]:
+        for name in LINEARS:
+            weight = sub_dict(layer, name)["weight"]
+            base = weight.base
+            while base is not None and not isinstance(base, mmap.mmap) and getattr(base, "base", None) is not None:
+                base = base.base
+            if isinstance(base, mmap.mmap) and hasattr(base, "madvise"):
+                base.madvise(mmap.MADV_DONTNEED)
+                return  # one mapping holds every tensor of the file
+
+
+def packed_layers(weights: dict, mode: str, weights_file: Path | None) -> list[dict]:
+    """Per layer, {"attention.self.query": PackedLinear, ...}: the packed form of its linear layers."""
+    packed = load_or_pack(weights, mode, weights_file)
+    return [
+        {name: packed[f"layer.{index}.{name}."] for name in LINEARS}
+        for index in range(len(weights["encoder"]["layer"]))
+    ]

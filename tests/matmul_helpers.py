@@ -1,0 +1,58 @@
+"""Helpers of the matrix-product kernel tests (tests/test_matmul_*.py): random data, bit equality, skips
+that name the missing CPU feature."""
+
+import os
+
+import numpy as np
+import pytest
+
+from refimpl.engines.fast.kernels import cpu
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
+
+SIMD_TIERS = ("avx512", "avx2")
+ALL_TIERS = ("avx512", "avx2", "blas")
+MODES = ("f32", "int8", "bf16")
+
+
+def require_tier(tier):
+    miss = cpu.missing_features(tier)
+    if miss:
+        pytest.skip("CPU lacks %s needed by tier %s" % (", ".join(miss), tier))
+
+
+def require_features(*feats):
+    have = cpu.host_features()
+    miss = [f for f in feats if f not in have]
+    if miss:
+        pytest.skip("CPU lacks %s" % ", ".join(miss))
+
+
+def kernel_module(tier, mode):
+    """The module cpu.select picks for (mode, tier) -- skips if unusable."""
+    require_tier(tier)
+    return cpu.select(mode, tier).kernel_module()
+
+
+def make_data(M, N, K, seed=0, wscale=0.05):
+    rng = np.random.default_rng(seed + 1000 * M + 10 * N + K)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    W = (rng.standard_normal((N, K)) * wscale).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    return x, W, b
+
+
+def bits(a):
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+def assert_bit_equal(got, want, what=""):
+    g, w = bits(got), bits(want)
+    if g.shape != w.shape:
+        raise AssertionError("%s: shape %s != %s" % (what, g.shape, w.shape))
+    bad = g != w
+    if bad.any():
+        idx = tuple(np.argwhere(bad)[0])
+        raise AssertionError(
+            "%s: %d / %d elements differ, first at %s: %r vs %r" % (what, bad.sum(), bad.size, idx, got[idx], want[idx])
+        )

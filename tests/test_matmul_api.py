@@ -1,0 +1,131 @@
+import os
+
+import numpy as np
+import pytest
+
+from refimpl.engines.fast.kernels import matmul as api
+from refimpl.engines.fast.kernels import packing
+from tests.matmul_helpers import MODES, assert_bit_equal, make_data
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_roundtrip_dict_and_mmap(mode, tmp_path):
+    x, W, b = make_data(9, 100, 70)
+    p = api.pack(W, mode)
+    d = p.to_dict(prefix="layer0.")
+    assert all(isinstance(v, np.ndarray) for v in d.values())
+    for k, v in d.items():
+        np.save(os.path.join(tmp_path, k + ".npy"), v)
+    mm = {k: np.load(os.path.join(tmp_path, k + ".npy"), mmap_mode="r") for k in d}
+    q = api.PackedLinear.from_dict(mm, prefix="layer0.")
+    assert (q.mode, q.n, q.k) == (mode, 100, 70)
+    assert not q.arrays["w"].flags.writeable
+    assert_bit_equal(api.linear(x, q, b), api.linear(x, p, b), mode + " mmap")
+
+
+def test_safetensors_roundtrip(tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    x, W, b = make_data(5, 64, 32)
+    p = api.pack(W, "int8")
+    f = os.path.join(tmp_path, "w.safetensors")
+    st.save_file(p.to_dict(), f)
+    q = api.PackedLinear.from_dict(st.load_file(f))
+    assert_bit_equal(api.linear(x, q, b), api.linear(x, p, b), "safetensors")
+
+
+def test_out_bias_none_and_noncontiguous():
+    x, W, b = make_data(8, 40, 30)
+    p = api.pack(W, "f32")
+    out = np.full((8, 40), np.nan, np.float32)
+    r = api.linear(x, p, b, out=out)
+    assert r is out and np.isfinite(out).all()
+    y0 = api.linear(x, p, None)
+    assert_bit_equal(y0, api.linear(x, p, np.zeros(40, np.float32)), "bias None")
+    xt = np.asfortranarray(x)
+    assert_bit_equal(api.linear(xt, p, b), r, "fortran x")
+    assert_bit_equal(api.linear(x.astype(np.float64), p, b), r, "float64 x")
+    assert api.linear(x[:0], p, b).shape == (0, 40)
+
+
+def test_errors():
+    x, W, b = make_data(8, 40, 30)
+    p = api.pack(W, "bf16")
+    with pytest.raises(ValueError):
+        api.linear(x[:, :29], p, b)
+    with pytest.raises(ValueError):
+        api.linear(x, p, b[:39])
+    with pytest.raises(ValueError):
+        api.linear(x, p, b, out=np.empty((8, 41), np.float32))
+    with pytest.raises(ValueError):
+        api.pack(W, "fp8")
+    d = p.to_dict()
+    d["meta"] = d["meta"].copy()
+    d["meta"][0] = 999
+    with pytest.raises(ValueError, match="repack"):
+        api.PackedLinear.from_dict(d)
+
+
+def test_pack_layouts():
+    x, W, b = make_data(1, 100, 70)
+    f = api.pack(W, "f32").arrays
+    assert f["w"].shape == (3, 70, 48)
+    np.testing.assert_array_equal(packing.unpack_f32(f["w"], 100), W.T)
+    i = api.pack(W, "int8").arrays
+    assert i["w"].shape == (3, 18, 48, 4) and i["colsum"].dtype == np.int32
+    q, s = packing.quantize_weight(W)
+    np.testing.assert_array_equal(packing.unpack_int8(i["w"], 100)[:, :70], q)
+    np.testing.assert_array_equal(i["colsum"][:100], q.astype(np.int32).sum(1))
+    assert (i["scale"][100:] == 0).all() and np.abs(q).max() == 127
+    h = api.pack(W, "bf16").arrays
+    assert h["w"].shape == (3, 35, 48, 2) and h["w"].dtype == np.uint16
+
+
+def test_bf16_rounding_numba_matches_numpy():
+    from refimpl.engines.fast.kernels import common
+
+    rng = np.random.default_rng(0)
+    u = rng.integers(0, 2**32, 200000, dtype=np.uint64).astype(np.uint32)
+    special = np.array(
+        [
+            0,
+            0x80000000,
+            0x7F800000,
+            0xFF800000,
+            0x7FC00000,
+            0x7F800001,
+            0x00000001,
+            0x807FFFFF,
+            0x00800000,
+            0x7F7FFFFF,
+            0x3F808000,
+            0x3F818000,
+            0x3F80FFFF,
+            0x007FFFFF,
+        ],
+        np.uint32,
+    )
+    v = np.concatenate([u, special]).view(np.float32).reshape(1, -1)
+    out = np.empty(v.shape, np.uint16)
+    common.bf16_rows_u16(v, out)
+    np.testing.assert_array_equal(out[0], packing.f32_to_bf16_bits(v[0]))
+    e = packing.f32_to_bf16_bits(np.array([1.00390625, 1.01171875], np.float32))  # ties
+    assert list(e) == [0x3F80, 0x3F82]
+
+
+def test_int8_quantize_numba_matches_numpy():
+    from refimpl.engines.fast.kernels import common
+    from refimpl.engines.fast.kernels import reference as R
+
+    x, _, _ = make_data(50, 1, 333, seed=4)
+    x[0] = 0
+    x[1, 5] = 1e30
+    qa = np.empty((50, 336), np.int8)
+    sx = np.empty(50, np.float32)
+    common.quantize_rows(x, qa, sx, 0)
+    q, s = R.quantize_rows(x)
+    np.testing.assert_array_equal(sx, s)
+    np.testing.assert_array_equal(qa[:, :333], q)
+    assert (qa[:, 333:] == 0).all() and sx[0] == 0
+    qu = np.empty((50, 336), np.uint8)
+    common.quantize_rows(x, qu, sx, 128)
+    np.testing.assert_array_equal(qu.astype(np.int32) - 128, qa)

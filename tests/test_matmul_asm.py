@@ -1,0 +1,153 @@
+"""The hot k-loops are register-only: loads/broadcasts + FMA/dot, no spills.
+
+Kernels are recompiled here without the cache (cached code cannot be
+inspected).  ``test_avx2_only_target`` recompiles the AVX2 tier for a
+Haswell target (16 ymm registers, no AVX-512) in a subprocess: it must
+compile, use no zmm/EVEX-only registers, not spill, and give bit-identical
+results to the host build.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+
+from refimpl.engines.fast.kernels import asmcheck, avx2, avx512
+from refimpl.engines.fast.kernels import matmul as api
+from tests.matmul_helpers import ROOT, make_data, require_features, require_tier
+
+
+def _compiled_asm(mod, mode):
+    x, W, b = make_data(17, 100, 64)
+    p = api.pack(W, mode).arrays
+    out = np.empty((17, 100), np.float32)
+    g = numba.njit(parallel=True)(getattr(mod, "gemm_" + mode).py_func)
+    if mode == "f32":
+        args = (x, p["w"], b, False, out)
+    elif mode == "int8":
+        qa, sx = mod.prepare_int8(x, p["w"].shape[1] * 4)
+        args = (qa, sx, p["w"], p["scale"], p["colsum"], b, False, out)
+    else:
+        args = (mod.prepare_bf16(x, p["w"].shape[1] * 2), p["w"], b, False, out)
+    g(*args)
+    return g.inspect_asm(g.signatures[0])
+
+
+CASES = [
+    # module, mode, hot-loop instruction, extra required instructions, register class
+    ("avx512", "f32", r"vfmadd\d+ps", [], "zmm"),
+    ("avx512", "int8", r"vpdpbusd", [], "zmm"),
+    ("avx512", "bf16", r"vdpbf16ps", [], "zmm"),
+    ("avx2", "f32", r"vfmadd\d+ps", [], "ymm"),
+    (
+        "avx2",
+        "int8",
+        r"vpmaddubsw",
+        [r"vpsignb", r"vpmaddwd|vpdpwssd"],
+        "ymm",
+    ),  # LLVM fuses pmaddwd+paddd into AVX-VNNI vpdpwssd when the host has it
+    ("avx2", "bf16", r"vfmadd\d+ps", [r"vpslld", r"vpblendw|v\w*and"], "ymm"),
+]
+FEATS = {("avx512", "int8"): ("avx512vnni",), ("avx512", "bf16"): ("avx512bf16",)}
+
+
+@pytest.mark.parametrize("modname,mode,pat,extra,reg", CASES)
+def test_hot_loops_no_spills(modname, mode, pat, extra, reg):
+    require_tier(modname)
+    require_features(*FEATS.get((modname, mode), ()))
+    asm = _compiled_asm({"avx512": avx512, "avx2": avx2}[modname], mode)
+    loops = asmcheck.hot_loops(asm, pat)
+    print("\n%s/%s:\n%s" % (modname, mode, asmcheck.summary(asm, pat)))
+    assert loops, "no loop containing %s" % pat
+    mr_max = {"avx512": avx512.MR, "avx2": {"f32": avx2.MR_F32, "int8": avx2.MR_I8, "bf16": avx2.MR_BF16}[mode]}[
+        modname
+    ]
+    # the full-tile variant: MR rows x NR/W vectors per k step (LLVM may unroll it)
+    nvec = (avx512.NR // 16) if modname == "avx512" else (avx2.NR // 8)
+    full = mr_max * nvec
+    assert any(lp["matches"] >= full and lp["matches"] % full == 0 for lp in loops)
+    for lp in loops:
+        assert not lp["spills"], "spill in %s: %s" % (lp["label"], lp["spills"])
+        ins = lp["instructions"]
+        assert asmcheck.count(ins, pat + r".*%" + reg) == lp["matches"]
+        for e in extra:
+            assert asmcheck.count(ins, e) > 0, e
+        # only vector ops, loads, address arithmetic and the loop branch
+        assert not any(i.startswith("call") for i in ins)
+        if mode == "bf16" and modname == "avx2":
+            assert asmcheck.count(ins, "ldmxcsr") == 0  # MXCSR set outside the loop
+    if mode == "bf16" and modname == "avx2":
+        assert asmcheck.count(asm.splitlines(), "ldmxcsr") >= 2
+    # the prefetching variants (first tile passes over a B block) exist
+    assert any(asmcheck.count(lp["instructions"], r"^prefetch") for lp in loops)
+    assert any(not asmcheck.count(lp["instructions"], r"^prefetch") for lp in loops)
+
+
+def test_epilogue_has_no_fma_contraction():
+    """int8 dequantisation must be mul then add (no vfmadd outside the k loops)."""
+    require_tier("avx512")
+    asm = _compiled_asm(avx2, "int8")
+    assert "vfmadd" not in asm and "vfmsub" not in asm and "vfnmadd" not in asm
+
+
+HASWELL = (
+    "+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+crc32,+cx16,+cx8,+f16c,+fma,+fsgsbase,"
+    "+fxsr,+invpcid,+lzcnt,+mmx,+movbe,+pclmul,+popcnt,+rdrnd,+sahf,+sse,+sse2,"
+    "+sse3,+sse4.1,+sse4.2,+ssse3,+xsave,+xsaveopt"
+)
+
+_CHILD = r"""
+import json, sys, numpy as np, numba
+sys.path.insert(0, ROOT_)
+sys.path.insert(0, TESTS_)
+from refimpl.engines.fast.kernels import matmul as api, cpu, asmcheck
+from tests.matmul_helpers import make_data
+import tests.test_matmul_asm as test_asm
+res = {"best": cpu.best_tier()}
+try:
+    cpu.check_tier("avx512"); res["avx512_refused"] = False
+except ValueError as e:
+    res["avx512_refused"] = "avx512f" in str(e)
+for mode in ("f32", "int8", "bf16"):
+    x, W, b = make_data(37, 200, 300, seed=3)
+    y = api.linear(x, api.pack(W, mode), b, gelu=True)
+    np.save(OUT_ + "/" + mode + ".npy", y)
+    from refimpl.engines.fast.kernels import avx2
+    asm = test_asm._compiled_asm(avx2, mode)
+    pat = {"f32": "vfmadd", "int8": "vpmaddubsw", "bf16": "vfmadd"}[mode]
+    lps = asmcheck.hot_loops(asm, pat)
+    res[mode] = {"zmm": asm.count("%zmm"), "evex_regs": sum(asm.count("%ymm" + str(r)) for r in range(16, 32)),
+                 "kregs": sum(asm.count("%k" + str(r)) for r in range(1, 8)),
+                 "loops": len(lps), "spills": sum(len(lp["spills"]) for lp in lps),
+                 "stack_loads": sum(len(lp["stack"]) for lp in lps),
+                 "summary": asmcheck.summary(asm, pat)}
+print("RESULT" + json.dumps(res))
+"""
+
+
+def test_avx2_only_target(tmp_path):
+    """Simulated AVX2-only machine (numba target = Haswell)."""
+    require_tier("avx2")
+    env = dict(os.environ)
+    env.update(NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES=HASWELL, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("REFIMPL_KERNELS", None)
+    code = (
+        "ROOT_, TESTS_, OUT_ = %r, %r, %r\n" % (ROOT, os.path.dirname(os.path.abspath(__file__)), str(tmp_path))
+    ) + _CHILD
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.split("RESULT", 1)[1])
+    print(json.dumps(res, indent=1))
+    assert res["best"] == "avx2" and res["avx512_refused"]
+    for mode in ("f32", "int8", "bf16"):
+        info = res[mode]
+        assert info["zmm"] == 0 and info["evex_regs"] == 0 and info["kregs"] == 0, info
+        assert info["loops"] > 0 and info["spills"] == 0, info
+        x, W, b = make_data(37, 200, 300, seed=3)
+        host = api.linear(x, api.pack(W, mode), b, gelu=True, tier="avx2")
+        hsw = np.load(tmp_path / (mode + ".npy"))
+        np.testing.assert_array_equal(hsw.view(np.uint32), host.view(np.uint32))

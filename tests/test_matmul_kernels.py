@@ -1,0 +1,155 @@
+"""Every kernel vs the NumPy reference: fp32 within the sequential-summation
+error bound of the float64 result *and* bit-exact vs the fma-chain emulation;
+int8 and bf16 bit-exact.  Edge sizes from the brief."""
+
+import numpy as np
+import pytest
+
+from refimpl.engines.fast.kernels import gelu
+from refimpl.engines.fast.kernels import matmul as api
+from refimpl.engines.fast.kernels import reference as R
+from tests.matmul_helpers import MODES, SIMD_TIERS, assert_bit_equal, make_data, require_tier
+
+M_EDGE = (1, 2, 5, 6, 7, 13, 17, 64, 100)
+N_EDGE = (1, 8, 15, 16, 17, 48)
+K_SMALL = (1, 3, 4, 5)
+# (M, N, K) with the big sizes (reference cost kept moderate)
+BIG = [
+    (1, 768, 768),
+    (17, 768, 768),
+    (7, 3072, 768),
+    (13, 17, 3072),
+    (5, 768, 3072),
+    (2, 3072, 3072),
+    (64, 48, 768),
+    (100, 16, 768),
+    (6, 768, 5),
+    (100, 3072, 4),
+    (17, 15, 768),
+    (1, 1, 3072),
+]
+
+
+def _ref(mode, x, W, b, gelu_=False):
+    return R.linear(x, W, mode, b, gelu_)
+
+
+def _check(mode, tier, M, N, K, gelu_=False, seed=0):
+    x, W, b = make_data(M, N, K, seed)
+    p = api.pack(W, mode)
+    y = api.linear(x, p, b, gelu=gelu_, tier=tier)
+    assert y.shape == (M, N) and y.dtype == np.float32
+    assert_bit_equal(y, _ref(mode, x, W, b, gelu_), "%s/%s M=%d N=%d K=%d" % (mode, tier, M, N, K))
+    return x, W, b, y
+
+
+@pytest.mark.parametrize("tier", SIMD_TIERS)
+@pytest.mark.parametrize("mode", MODES)
+def test_edge_grid_small_k(mode, tier):
+    require_tier(tier)
+    for M in M_EDGE:
+        for N in N_EDGE:
+            for K in K_SMALL:
+                _check(mode, tier, M, N, K)
+
+
+@pytest.mark.parametrize("tier", SIMD_TIERS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("M,N,K", BIG)
+def test_big_sizes(mode, tier, M, N, K):
+    require_tier(tier)
+    _check(mode, tier, M, N, K)
+
+
+@pytest.mark.parametrize("tier", SIMD_TIERS)
+@pytest.mark.parametrize("M", M_EDGE)
+def test_f32_tolerance_vs_float64(tier, M):
+    """fp32: |y - y64| <= K * 2^-24 * (|x| @ |W|.T) + |b| * 2^-24 (sequential
+    summation bound); prints the max difference and the worst ratio."""
+    require_tier(tier)
+    for N, K in ((768, 768), (3072, 768), (768, 3072), (17, 5)):
+        x, W, b = make_data(M, N, K, seed=3)
+        y = api.linear(x, api.pack(W, "f32"), b, tier=tier)
+        y64 = R.linear_f32_float64(x, W, b)
+        mag = np.abs(x).astype(np.float64) @ np.abs(W).astype(np.float64).T + np.abs(b)
+        bound = (K + 1) * 2.0**-24 * mag
+        err = np.abs(y - y64)
+        ratio = (err / np.maximum(bound, 1e-30)).max()
+        print("f32/%s M=%d N=%d K=%d max|diff|=%.3g  max diff/bound=%.3f" % (tier, M, N, K, err.max(), ratio))
+        assert ratio <= 1.0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_avx2_avx512_bit_identical(mode):
+    """Cross-tier identity (all three modes: fp32 is an fma chain in both)."""
+    require_tier("avx512")
+    for M, N, K in ((17, 768, 768), (100, 3072, 768), (33, 768, 3072), (3, 100, 7)):
+        x, W, b = make_data(M, N, K, seed=5)
+        p = api.pack(W, mode)
+        a = api.linear(x, p, b, gelu=True, tier="avx512")
+        c = api.linear(x, p, b, gelu=True, tier="avx2")
+        assert_bit_equal(a, c, "%s avx512 vs avx2 %s" % (mode, (M, N, K)))
+
+
+@pytest.mark.parametrize("mode", ("int8", "bf16"))
+def test_blas_tier_bit_identical(mode):
+    x, W, b = make_data(9, 100, 70, seed=6)
+    p = api.pack(W, mode)
+    assert_bit_equal(api.linear(x, p, b, gelu=True, tier="blas"), _ref(mode, x, W, b, True), mode)
+
+
+def test_blas_tier_f32_close():
+    x, W, b = make_data(9, 100, 70, seed=6)
+    y = api.linear(x, api.pack(W, "f32"), b, tier="blas")
+    assert np.abs(y - R.linear_f32_float64(x, W, b)).max() < 1e-4
+
+
+@pytest.mark.parametrize("tier", SIMD_TIERS + ("blas",))
+@pytest.mark.parametrize("mode", MODES)
+def test_gelu_epilogue_is_gelu_of_output(mode, tier):
+    require_tier(tier)
+    x, W, b = make_data(17, 3072, 768, seed=7)
+    p = api.pack(W, mode)
+    y = api.linear(x, p, b, tier=tier)
+    g = api.linear(x, p, b, gelu=True, tier=tier)
+    assert_bit_equal(g, gelu.gelu32_numpy(y), "gelu %s/%s" % (mode, tier))
+
+
+@pytest.mark.parametrize("tier", SIMD_TIERS)
+@pytest.mark.parametrize("mode", MODES)
+def test_special_rows(mode, tier):
+    """zero rows (int8 scale 0), huge/tiny magnitudes, denormal-producing bf16."""
+    require_tier(tier)
+    x, W, b = make_data(12, 50, 64, seed=8)
+    x[0] = 0
+    x[1] *= 1e-30
+    x[2] *= 1e30
+    x[3, ::2] = 0
+    x[4] = 1e-40  # float32 denormals (bf16 flushes them)
+    x[5] *= 2.0**-60  # products ~2^-130 -> denormal sums in bf16
+    W[3] = 0
+    W[7] *= 2.0**-66
+    y = api.linear(x, api.pack(W, mode), b, tier=tier)
+    assert_bit_equal(y, _ref(mode, x, W, b), "%s/%s special" % (mode, tier))
+
+
+def test_bf16_denormal_heavy_native_vs_emulation():
+    """vdpbf16ps vs the AVX2 emulation on data that produces denormal
+    intermediates (no bias so the raw sums are visible)."""
+    require_tier("avx512")
+    from tests.matmul_helpers import require_features
+
+    require_features("avx512bf16")
+    rng = np.random.default_rng(11)
+    M, N, K = 40, 96, 256
+    x = (rng.standard_normal((M, K)) * 2.0 ** rng.integers(-70, -50, (M, K))).astype(np.float32)
+    W = (rng.standard_normal((N, K)) * 2.0 ** rng.integers(-70, -50, (N, K))).astype(np.float32)
+    p = api.pack(W, "bf16")
+    zero = np.zeros(N, np.float32)
+    a = api.linear(x, p, zero, tier="avx512")
+    c = api.linear(x, p, zero, tier="avx2")
+    nden = int(((np.abs(a) < 2.0**-126) & (a != 0)).sum())
+    assert nden == 0  # FTZ: no denormal results
+    assert (a != 0).mean() > 0.3  # but plenty of tiny normal results
+    assert_bit_equal(a, c, "bf16 native vs emulation (denormal-heavy)")
+    assert_bit_equal(a, R.linear_bf16(x, W, zero), "bf16 native vs reference")
