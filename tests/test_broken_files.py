@@ -158,6 +158,13 @@ def test_module_paths_cannot_leave_the_model_directory(broken, module_path):
     expect(broken, "modules.json", repr(module_path))
 
 
+def test_module_path_with_a_nul_byte_is_refused(broken):
+    entries = json.loads((broken / "modules.json").read_text())
+    entries[1]["path"] = "1_Pooling\u0000x"
+    (broken / "modules.json").write_text(json.dumps(entries))
+    expect(broken, "modules.json", "holds a NUL character")
+
+
 def test_module_path_through_a_symlink_out_is_refused(broken, tmp_path):
     outside = tmp_path / "outside"
     shutil.copytree(broken / "1_Pooling", outside)
