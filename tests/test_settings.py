@@ -112,6 +112,9 @@ ROWS = [
     Row("config.json: RoBERTa class on a WordPiece tokenizer.json", "roberta", keys(TC, tokenizer_class=DELETE), "refused", "tokenizer.json", "holds a WordPiece model"),
     Row("config.json: quantization_config", "bert", keys(CFG, quantization_config={"quant_method": "bitsandbytes"}), "refused", CFG, "key 'quantization_config'"),
     Row("config.json: auto_map", "bert", keys(CFG, auto_map={"AutoModel": "m.M"}), "refused", CFG, "key 'auto_map'"),
+    Row("adapter_config.json (PEFT)", "bert", write("adapter_config.json", {"base_model_name_or_path": "x"}), "refused", "adapter_config.json", "PEFT adapter"),
+    Row("model.safetensors.index.json (sharded)", "bert", write("model.safetensors.index.json", {"weight_map": {}}), "refused", "model.safetensors.index.json", "sharded"),
+    Row("preprocessor_config.json", "bert", write("preprocessor_config.json", {}), "refused", "preprocessor_config.json", "processor"),
     Row("config.json: position_embedding_type", "bert", keys(CFG, position_embedding_type="relative_key"), "refused", CFG, "position_embedding_type 'relative_key'"),
     # tokenizer_config.json, special_tokens_map.json, added tokens (BertTokenizer)
     Row("tokenizer_config.json: do_lower_case", "bert", keys(TC, do_lower_case=True), "changes"),

@@ -257,3 +257,10 @@ def test_verify_runs_in_batches(tiny_model, capsys, tmp_path, monkeypatch):
     code, result = verify(capsys, tiny_model("bert"), "--sentences", tmp_path / "lines.txt", "--dtype", "float32")
     assert code == 0 and result["sentences"] == 1000 and result["tokens"]["truncated"] == 1000
     assert max(sizes) <= module.BATCH and len(sizes) == 2 * -(-1000 // module.BATCH)  # float32 and float64 passes
+
+
+@pytest.mark.parametrize("atol", ["nan", "-1e-5", "inf", "x"])
+def test_a_tolerance_that_is_not_a_finite_number_is_a_usage_error(tiny_model, capsys, atol):
+    with pytest.raises(SystemExit) as exit:
+        main(["verify", str(tiny_model("bert")), "--atol", atol])
+    assert exit.value.code == 2 and "--atol" in capsys.readouterr().err

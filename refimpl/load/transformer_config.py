@@ -53,6 +53,23 @@ USED_KEYS = ("max_seq_length", "do_lower_case", *RENAMED, *RENAMED.values())
 MODEL_KWARGS = ("dtype", "torch_dtype", "attn_implementation", "low_cpu_mem_usage")
 
 
+# files that make sentence-transformers load something else than the plain checkpoint and tokenizer
+FOREIGN_FILES = {
+    "adapter_config.json": "a PEFT adapter (sentence-transformers loads its base model and the adapter)",
+    "processor_config.json": "a processor (transformers' AutoProcessor may load it instead of the tokenizer)",
+    "preprocessor_config.json": "a processor (transformers' AutoProcessor may load it instead of the tokenizer)",
+    "video_preprocessor_config.json": "a processor (transformers' AutoProcessor may load it instead of the tokenizer)",
+    "model.safetensors.index.json": "a sharded checkpoint",
+    "pytorch_model.bin.index.json": "a sharded checkpoint",
+}
+
+
+def refuse_foreign_files(directory: Path):
+    for name, what in FOREIGN_FILES.items():
+        if (directory / name).exists():
+            raise ModelFileError(directory / name, f"the model holds {what}; refimpl does not load it")
+
+
 def find_sbert_config(directory: Path) -> tuple[dict, Path | None]:
     """(the settings, the file they came from): the first of the seven names with a non-empty object."""
     for name in SBERT_CONFIG_NAMES:
@@ -103,6 +120,7 @@ class TransformerSettings:
 
     @classmethod
     def from_dir(cls, directory: Path) -> TransformerSettings:
+        refuse_foreign_files(directory)
         cfg, path = find_sbert_config(directory)
         if path is None:
             return cls()
