@@ -77,8 +77,10 @@ class CutRules:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.normalize = tokenizer.normalizer.normalize_str if tokenizer.normalizer is not None else (lambda s: s)
-        model = _spec(tokenizer.model)
-        self.word_limit = model.get("max_input_chars_per_word") if model.get("type") == "WordPiece" else None
+        from tokenizers import models
+
+        wordpiece = isinstance(tokenizer.model, models.WordPiece)
+        self.word_limit = tokenizer.model.max_input_chars_per_word if wordpiece else None
         self.pre_tokenizer = tokenizer.pre_tokenizer
 
     @classmethod
@@ -160,13 +162,14 @@ class CutRules:
         return position, length
 
 
-def bounded_text(text: str, untruncated, max_length: int, window: int) -> str:
+def bounded_text(text: str, untruncated, max_length: int, window: int, rules: CutRules | None = None) -> str:
     """``text``, or a shorter text that gives the same first ``max_length`` tokens (see the module doc).
 
-    ``untruncated``: the tokenizer without truncation; ``window``: characters looked at first."""
+    ``untruncated``: the tokenizer without truncation; ``window``: characters looked at first;
+    ``rules``: ``CutRules.of(untruncated)`` when the caller keeps them (None: worked out here)."""
     if len(text) <= 2 * window:
         return text
-    rules = CutRules.of(untruncated)
+    rules = rules if rules is not None else CutRules.of(untruncated)
     if rules is None:
         return text
     position = window

@@ -110,6 +110,7 @@ class TextTokenizer:
         self.min_length = backend.num_special_tokens_to_add(False) + 1
         self.set_max_length(max_length)
         self._untruncated = None
+        self._cut_rules = None  # long_text.CutRules, False when texts cannot be cut
         pad_token = backend.id_to_token(pad_token_id)
         self.pad_token_id = pad_token_id if pad_token is not None else 0
 
@@ -172,9 +173,14 @@ class TextTokenizer:
         window = max(4096, self.CHARS_PER_TOKEN_WINDOW * self.max_length)
         if len(text) <= 2 * window or self.truncation_side != "right":  # left truncation keeps the end
             return text
-        from refimpl.load.long_text import bounded_text
+        from refimpl.load.long_text import CutRules, bounded_text
 
-        return bounded_text(text, self._untruncated_tokenizer(), self.max_length, window)
+        untruncated = self._untruncated_tokenizer()
+        if self._cut_rules is None:  # worked out once: where this tokenizer lets a text be cut (or nowhere)
+            self._cut_rules = CutRules.of(untruncated) or False
+        if self._cut_rules is False:
+            return text
+        return bounded_text(text, untruncated, self.max_length, window, self._cut_rules)
 
     def prompt_length(self, prompt: str) -> int:
         """The prompt's tokens as sentence-transformers counts them for include_prompt=False: the
