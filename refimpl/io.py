@@ -14,19 +14,21 @@ from pathlib import Path
 from refimpl.errors import ModelFileError
 
 
-def read_json(path: Path, *, required: bool = True):
-    """Parse a JSON file; a missing or malformed file names itself in the error."""
+def read_json(path: Path, *, required: bool = True, max_bytes: int | None = None):
+    """Parse a JSON file; a missing or malformed file names itself in the error. Configuration files
+    may hold MAX_JSON_BYTES; ``max_bytes`` raises the bound (a tokenizer.json holds a vocabulary)."""
+    max_bytes = MAX_JSON_BYTES if max_bytes is None else max_bytes
     try:
         with open(path, "rb") as handle:
-            raw = handle.read(MAX_JSON_BYTES + 1)
+            raw = handle.read(max_bytes + 1)
     except FileNotFoundError:
         if not required:
             return None
         raise ModelFileError(path, "file is missing") from None
     except OSError as error:
         raise ModelFileError(path, f"cannot be read ({error})") from None
-    if len(raw) > MAX_JSON_BYTES:
-        raise ModelFileError(path, f"is larger than {MAX_JSON_BYTES // 2**20} MiB; a configuration file is a few kB")
+    if len(raw) > max_bytes:
+        raise ModelFileError(path, f"is larger than {max_bytes // 2**20} MiB; a configuration file is a few kB")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:

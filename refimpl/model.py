@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from refimpl.batch import Encoded
-from refimpl.checks import compute_dtype, cpu_device, positive_int, streamable_encode_kwargs
+from refimpl.checks import compute_dtype, cpu_device, streamable_encode_kwargs
 from refimpl.engines import DEFAULT_ENGINE, engine_class
 from refimpl.load.config import EncoderConfig, PoolingConfig, model_settings, similarity_function_name
 from refimpl.load.locate import DEFAULT_MODEL, resolve_model_dir
@@ -55,10 +55,10 @@ class SentenceTransformer:
         )
         self.model_name_or_path = os.fspath(model_name_or_path)
         self._pipeline = load(self.model_dir, dtype=self.dtype, engine=engine, compute=compute)
-        self.prompts, self.default_prompt_name, self.similarity_fn_name = model_settings(
-            self.model_dir / "config_sentence_transformers.json", prompts, default_prompt_name, similarity_fn_name
+        settings_file = self.model_dir / "config_sentence_transformers.json"
+        self.prompts, self.default_prompt_name, self.similarity_fn_name, self.truncate_dim = model_settings(
+            settings_file, prompts, default_prompt_name, similarity_fn_name, truncate_dim
         )
-        self.truncate_dim = positive_int("truncate_dim", truncate_dim, allow_none=True)
         if threads is not None:
             from refimpl.run.threads import set_threads
 

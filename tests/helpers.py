@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,93 @@ def edit_json(path, change):
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     change(data)
     Path(path).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+# --- editing model directories: one setting at a time (tests/test_settings.py, tests/test_verify.py) --
+
+DELETE = object()
+
+
+def keys(name, **updates):
+    """Set (or, with DELETE, remove) keys of the JSON file ``name`` (created if missing)."""
+
+    def edit(path: Path):
+        if not (path / name).exists():
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            (path / name).write_text("{}", encoding="utf-8")
+
+        def change(data):
+            for key, value in updates.items():
+                if value is DELETE:
+                    data.pop(key, None)
+                else:
+                    data[key] = value
+
+        edit_json(path / name, change)
+
+    return edit
+
+
+def write(name, data):
+    def edit(path: Path):
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(json.dumps(data), encoding="utf-8")
+
+    return edit
+
+
+def rename(old, new):
+    return lambda path: (path / old).rename(path / new)
+
+
+def both(*edits):
+    def edit(path: Path):
+        for one in edits:
+            one(path)
+
+    return edit
+
+
+def tokenizer_json(change):
+    return lambda path: edit_json(path / "tokenizer.json", change)
+
+
+def template_types(type_id):
+    """tokenizer.json's post-processor with ``type_id`` for every token of a single sentence."""
+
+    def change(data):
+        for piece in data["post_processor"]["single"]:
+            next(iter(piece.values()))["type_id"] = type_id
+
+    return tokenizer_json(change)
+
+
+def cls_only_template(data):
+    data["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [0], "tokens": ["[CLS]"]}},
+    }
+
+
+def modules(*types, idx=None, names=None, paths=None):
+    entries = []
+    for i, kind in enumerate(types):
+        entry = {"idx": i if idx is None else idx[i], "name": str(i) if names is None else names[i], "type": kind}
+        entry["path"] = ["", "1_Pooling", "2_Normalize"][i] if paths is None else paths[i]
+        if entry["path"] is None:
+            del entry["path"]
+        entries.append(entry)
+    return write("modules.json", entries)
+
+
+def copy_model(source: Path, target: Path) -> Path:
+    """A copy of a model directory; large weight files are linked, not copied."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.safetensors"))
+    for weights in Path(source).rglob("*.safetensors"):
+        (target / weights.relative_to(source)).symlink_to(weights)
+    return target
 
 
 # --- the parity oracle's batch ------------------------------------------------------------------

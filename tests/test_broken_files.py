@@ -68,9 +68,14 @@ def test_malformed_json(broken, name):
     expect(broken, name, "malformed JSON at line 1 column")
 
 
-def test_malformed_tokenizer_json(broken):
+@pytest.mark.parametrize(
+    "tokenizer_class, fragment",
+    [("PreTrainedTokenizerFast", "not a valid tokenizers file"), ("BertTokenizer", "holds a NoSuchModel model")],
+)
+def test_malformed_tokenizer_json(broken, tokenizer_class, fragment):
     (broken / "tokenizer.json").write_text('{"model": {"type": "NoSuchModel"}}')
-    expect(broken, "tokenizer.json", "not a valid tokenizers file")
+    edit_json(broken / "tokenizer_config.json", lambda c: c.update(tokenizer_class=tokenizer_class))
+    expect(broken, "tokenizer.json", fragment)
 
 
 # --- config values ---------------------------------------------------------------------------------
@@ -104,11 +109,8 @@ def test_unsupported_or_invalid_config(broken, key, value, fragment):
 @pytest.mark.parametrize(
     "config, fragment",
     [
-        ({"word_embedding_dimension": 32}, "no pooling mode is set"),
-        (
-            {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": False, "pooling_mode_cls_token": False},
-            "no pooling mode is set",
-        ),
+        ({"embedding_dimension": 32, "pooling_mode": []}, "'pooling_mode' must be a mode name or a list"),
+        ({"embedding_dimension": 32, "pooling_mode_mean_tokens": True, "pooling": "mean"}, "unknown key 'pooling'"),
         ({"embedding_dimension": 32, "pooling_mode": "median"}, "unknown pooling mode 'median'"),
         ({"pooling_mode": "mean"}, "key 'word_embedding_dimension' is missing"),
     ],
@@ -154,6 +156,13 @@ def test_module_paths_cannot_leave_the_model_directory(broken, module_path):
 
     edit_json(broken / "modules.json", change)
     expect(broken, "modules.json", repr(module_path))
+
+
+def test_module_path_with_a_nul_byte_is_refused(broken):
+    entries = json.loads((broken / "modules.json").read_text())
+    entries[1]["path"] = "1_Pooling\u0000x"
+    (broken / "modules.json").write_text(json.dumps(entries))
+    expect(broken, "modules.json", "holds a NUL character")
 
 
 def test_module_path_through_a_symlink_out_is_refused(broken, tmp_path):

@@ -286,3 +286,30 @@ def test_distributed_counts_must_be_positive(path, tmp_path, flag):
     command = [sys.executable, "-m", "refimpl", "encode", "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy")]
     result = subprocess.run(command + ["--model", str(path)] + flag, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "not a positive integer" in result.stderr, result.stderr
+
+
+def test_a_finished_run_is_replaced_on_an_edited_input(client, path, tmp_path):
+    """A complete run followed by an edited input runs again (it used to be refused as a changed model)."""
+    from refimpl.dask import encode_file
+
+    texts = write_corpus(tmp_path / "in.txt", 60, seed=7)
+    out = encode_file(tmp_path / "in.txt", tmp_path / "out.npy", path, client=client, lines_per_partition=20)
+    np.testing.assert_allclose(np.load(out), SentenceTransformer(path).encode(texts), rtol=0, atol=1e-6)
+    edited = write_corpus(tmp_path / "in.txt", 80, seed=8)
+    out = encode_file(tmp_path / "in.txt", tmp_path / "out.npy", path, client=client, lines_per_partition=20)
+    np.testing.assert_allclose(np.load(out), SentenceTransformer(path).encode(edited), rtol=0, atol=1e-6)
+
+
+def test_an_unfinished_run_on_an_edited_input_names_input_sha256(client, path, tmp_path):
+    from refimpl.dask import encode_file
+    from refimpl.dask.files import run_fingerprint
+
+    write_corpus(tmp_path / "in.txt", 50, seed=9)
+    parts_dir = tmp_path / "out.npy.parts"  # an unfinished run of the input as it was
+    parts_dir.mkdir()
+    fingerprint = run_fingerprint(tmp_path / "in.txt", 10, path, None, {})
+    manifest = {"fingerprint": fingerprint, "ranges": [], "rows": {}, "run": 1, "computed_in_run": {}}
+    (parts_dir / "manifest.json").write_text(json.dumps(manifest))
+    write_corpus(tmp_path / "in.txt", 50, seed=10)
+    with pytest.raises(ValueError, match=r"differs in input_sha256 \(the input file's content changed\)"):
+        encode_file(tmp_path / "in.txt", tmp_path / "out.npy", path, client=client, lines_per_partition=10)

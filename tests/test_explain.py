@@ -170,3 +170,22 @@ main(["explain", "문장", "--model", sys.argv[1], "-o", sys.argv[2]])
     assert out.returncode == 1 and 'pip install "refimpl[viz]"' in out.stderr and "Traceback" not in out.stderr, (
         out.stderr
     )
+
+
+def test_a_comment_or_script_tag_in_a_sentence_cannot_break_the_page(tiny_model, tmp_path):
+    """Every "<" in the embedded JSON is escaped: "<!--<script>" and "</script>" stay text."""
+    text = "앞 <!--<script>alert(1)</script> 뒤 </script><!--"
+    page, checker = explain(tiny_model("bert"), tmp_path, text)
+    assert checker.data["sentences"][0]["text"] == text
+    assert "<!--<script>" not in page and "alert(1)</script>" not in page
+
+
+def test_a_model_without_layers_is_a_clear_error(tiny_model, tmp_path):
+    path = tiny_model("bert", num_layers=0)
+    result = subprocess.run(
+        [sys.executable, "-m", "refimpl", "explain", "한 문장", "--model", str(path), "-o", str(tmp_path / "p.html")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 1 and "num_hidden_layers is 0" in result.stderr and "Traceback" not in result.stderr

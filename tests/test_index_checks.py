@@ -40,7 +40,15 @@ def test_added_token_ids_past_the_embedding_table(broken):
     assert "'<crafted-19>' has id" in load_error(broken)
 
 
+def use_tokenizer_json_as_it_is(model_dir, **settings):
+    """PreTrainedTokenizerFast: transformers takes tokenizer.json whole (BertTokenizer rebuilds the post-processor)."""
+    edit_json(
+        model_dir / "tokenizer_config.json", lambda c: c.update(tokenizer_class="PreTrainedTokenizerFast", **settings)
+    )
+
+
 def test_post_processor_special_id_past_the_embedding_table(broken):
+    use_tokenizer_json_as_it_is(broken)
     edit_json(
         broken / "tokenizer.json", lambda tok: tok["post_processor"]["special_tokens"]["[SEP]"].update(ids=[7777])
     )
@@ -48,6 +56,7 @@ def test_post_processor_special_id_past_the_embedding_table(broken):
 
 
 def test_post_processor_type_id_past_the_type_table(broken):
+    use_tokenizer_json_as_it_is(broken, model_input_names=["input_ids", "token_type_ids", "attention_mask"])
     edit_json(
         broken / "tokenizer.json", lambda tok: tok["post_processor"]["single"][0]["SpecialToken"].update(type_id=3)
     )

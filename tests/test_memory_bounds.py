@@ -91,15 +91,15 @@ def test_ten_million_characters_are_cut_before_tokenizing(tiny_model):
 
 LONG_TEXTS = [
     "서울에서 부산까지 기차로 두 시간 반 정도 걸린다. " * 2000,
-    "가" * 50_000,  # one word: WordPiece makes it one [UNK], however long
+    GIANT_HANGUL := "가" * 50_000,  # one word: WordPiece makes it one [UNK], however long
     "가" * 9000 + "." + " 나다 라마" * 3000,  # a giant word, then punctuation and words
-    "짧은 시작 " + "x" * 20_000 + " 그리고 끝",
+    GIANT_LATIN := "짧은 시작 " + "x" * 20_000 + " 그리고 끝",
     "word " * 9000 + "끝",
-    "띄어쓰기없이아주긴한국어문장" * 3000,
+    GIANT_KOREAN := "띄어쓰기없이아주긴한국어문장" * 3000,
     ("Mixed 한국어 and English 123, punctuation!? " * 1500) + "\u200b" * 5000,
     " " * 30000 + "공백 뒤의 문장 " * 1000,
     "\u200b" * 30000 + "보이지 않는 문자 뒤 " * 1000,
-    UNDECIDED := "앞" + "\u200b" * 30000 + "뒤 문장 " * 1000,  # one WordPiece word of 30,000 characters, not [UNK]
+    "앞" + "\u200b" * 30000 + "뒤 문장 " * 1000,  # one WordPiece word of 30,000 characters, not [UNK]
     "\n\t".join(["줄바꿈과 탭"] * 5000),
 ]
 
@@ -111,7 +111,8 @@ def test_cutting_long_text_before_tokenizing_changes_nothing(tiny_model, bpe_mod
     for m in (model, bpe):
         tokenizer = m.text_tokenizer
         for text in LONG_TEXTS:
-            if text is not UNDECIDED or m is bpe:  # undecided: the whole text is tokenized, the safe side
+            # a giant BPE word is tokenized whole: its merges depend on the whole word
+            if m is model or not any(text is giant for giant in (GIANT_HANGUL, GIANT_LATIN, GIANT_KOREAN)):
                 assert len(tokenizer._bounded(text)) < len(text), "the text should be long enough to be cut"
             whole = tokenizer.backend.encode(text)
             cut = tokenizer.backend.encode(tokenizer._bounded(text))
@@ -125,3 +126,123 @@ def test_cutting_long_text_before_tokenizing_changes_nothing(tiny_model, bpe_mod
         np.testing.assert_array_equal(
             m.encode(LONG_TEXTS[0]), m.forward({"input_ids": np.array([whole_tokens])})["sentence_embedding"][0]
         )
+
+
+# --- the cut is exact: three counterexamples to cutting by offsets, and a property on random texts ----
+
+from functools import lru_cache  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from refimpl.load.long_text import bounded_text  # noqa: E402
+
+PIECES = ["ab", "a", "b", "ba", "abc", "가", "나다", " ", " ", "  ", "\t", "\n", ".", ",", "…", "ﬁ", "①", "½", "é",
+          "e\u0301", "\u0301", "\u200b", "中", "A", "B", "☃", "[MASK]", "x" * 12, "'s"]  # fmt: skip
+CORPUS = ["ab a b ba abc 가 나다 . , fi 1 é e 中 a ab abab baba abc abcabc 's", "ab ba ab ba 가나다 나다 가"] * 20
+
+
+def special_template(tokenizer):
+    from tokenizers import processors
+
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", tokenizer.token_to_id("[CLS]")), ("[SEP]", tokenizer.token_to_id("[SEP]"))],
+    )
+    return tokenizer
+
+
+@lru_cache
+def random_text_tokenizer(kind: str):
+    """Small tokenizers of each model, built with the tokenizers library."""
+    from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    specials = ["[CLS]", "[SEP]", "[UNK]", "[MASK]"]
+    if kind.startswith("wordpiece"):  # max_input_chars_per_word small (giant words shortened) or huge (never)
+        limit = 10**6 if kind == "wordpiece-nfkc" else 8
+        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=limit))
+        trainer = trainers.WordPieceTrainer(vocab_size=120, special_tokens=specials)
+        tokenizer.normalizer = {
+            "wordpiece": normalizers.BertNormalizer(lowercase=True),
+            "wordpiece-nfkc": normalizers.NFKC(),
+            "wordpiece-nfd": normalizers.Sequence(
+                [normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()]
+            ),
+        }[kind]
+        splitter = pre_tokenizers.Whitespace() if kind == "wordpiece-nfd" else pre_tokenizers.BertPreTokenizer()
+        tokenizer.pre_tokenizer = splitter
+    elif kind == "bpe":
+        tokenizer = Tokenizer(models.BPE())
+        trainer = trainers.BpeTrainer(
+            vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        )
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    else:
+        tokenizer = Tokenizer(models.Unigram())
+        trainer = trainers.UnigramTrainer(vocab_size=80, special_tokens=specials, unk_token="[UNK]")
+        tokenizer.normalizer = normalizers.NFKC()
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace()]
+        )
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    tokenizer.add_special_tokens([AddedToken("[MASK]", lstrip=True, special=True)])
+    return special_template(tokenizer)
+
+
+def same_truncated_tokens(tokenizer, text: str, max_length: int, window: int) -> str:
+    from tokenizers import Tokenizer
+
+    untruncated = Tokenizer.from_str(tokenizer.to_str())
+    untruncated.no_truncation()
+    bounded = bounded_text(text, untruncated, max_length, window)
+    tokenizer.enable_truncation(max_length)
+    whole, cut = tokenizer.encode(text), tokenizer.encode(bounded)
+    assert cut.ids == whole.ids and bool(cut.overflowing) == bool(whole.overflowing), (text, bounded)
+    return bounded
+
+
+def test_a_wordpiece_word_with_a_character_without_a_piece_is_never_cut():
+    """With a large max_input_chars_per_word, one character without a piece makes the whole word [UNK]:
+    a prefix of the word gives many tokens, so a cut inside it changes them (the cut before issue 18 did)."""
+    tokenizer = random_text_tokenizer("wordpiece-nfkc")
+    word = "ab" * 4000 + "☃"
+    assert tokenizer.encode(word).ids[1:-1] == [tokenizer.token_to_id("[UNK]")]
+    assert len(tokenizer.encode(word[:300]).ids) > 20
+    assert same_truncated_tokens(tokenizer, word + " ab ba" * 2000, 16, 256).startswith(word)
+
+
+def odd_one_first_unigram():
+    """A Unigram model that puts the odd "a" of a word first: "a" * 9 is ▁a aa aa aa aa, "a" * 8 is ▁aa aa aa aa."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    pieces = {"[CLS]": 0.0, "[SEP]": 0.0, "[UNK]": 0.0, "▁": -2.0, "a": -6.0, "aa": -1.0, "▁a": -4.0, "▁aa": -1.0}
+    tokenizer = Tokenizer(models.Unigram(list(pieces.items()), 2, False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace()])
+    return special_template(tokenizer)
+
+
+def test_a_unigram_word_is_never_cut():
+    """Unigram segments a word as a whole: a prefix of it can start with other tokens than the word does."""
+    tokenizer = odd_one_first_unigram()
+    assert tokenizer.encode("a" * 513).tokens[1] == "▁a" and tokenizer.encode("a" * 512).tokens[1] == "▁aa"
+    assert same_truncated_tokens(tokenizer, "a" * 2001 + " aa" * 500, 16, 256).startswith("a" * 2001)
+    same_truncated_tokens(random_text_tokenizer("unigram"), "abcabcab" * 800 + " 가 나다" * 500, 16, 256)
+
+
+def test_an_nfkc_expansion_into_several_words_is_not_split():
+    """NFKC turns one "…" into three words ("..."): the cut before issue 18 cut at the character's offset and
+    dropped all three, while counting two of them among the tokens kept."""
+    tokenizer = random_text_tokenizer("wordpiece-nfkc")
+    assert len(tokenizer.encode("…").ids) == 5  # [CLS] . . . [SEP]
+    for window in (16, 32, 64):
+        for max_length in range(6, 40):
+            same_truncated_tokens(tokenizer, "ab…" * 3000, max_length, window)
+            same_truncated_tokens(tokenizer, "ab… " * 3000, max_length, window)
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "wordpiece-nfkc", "wordpiece-nfd", "bpe", "unigram"])
+@settings(max_examples=150, deadline=None)
+@given(pieces=st.lists(st.sampled_from(PIECES), min_size=20, max_size=400), max_length=st.integers(3, 24))
+def test_the_cut_text_gives_the_same_truncated_tokens(kind, pieces, max_length):
+    """Any text, cut with a small window so that the rules run on short texts: the same truncated tokens."""
+    same_truncated_tokens(random_text_tokenizer(kind), "".join(pieces), max_length, 16)

@@ -236,6 +236,68 @@ def make_tiny_model(
     return directory
 
 
+ROBERTA_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, pad 1 as in the tiny configs
+ROBERTA_NAMES = {
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "sep_token": "</s>",
+    "cls_token": "<s>",
+    "unk_token": "<unk>",
+    "pad_token": "<pad>",
+    "mask_token": "<mask>",
+}
+
+
+def _replace_tokenizer(directory: Path, source: Path, tokenizer, tokenizer_config: dict):
+    """A copy of the tiny model ``source`` with another tokenizer (tokenizer.json, tokenizer_config.json,
+    special_tokens_map.json; no vocab.txt)."""
+    directory = Path(directory)
+    shutil.copytree(source, directory)
+    (directory / "vocab.txt").unlink()
+    tokenizer.save(str(directory / "tokenizer.json"))
+    _write_json(directory / "tokenizer_config.json", tokenizer_config)
+    _write_json(directory / "special_tokens_map.json", ROBERTA_NAMES)
+    return directory
+
+
+def make_bpe_model(directory, source):
+    """The tiny RoBERTa ``source`` with a byte-level BPE tokenizer and tokenizer_class RobertaTokenizer,
+    as roberta-base ships it (transformers rebuilds its pre-tokenizer and post-processor)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=380, special_tokens=ROBERTA_SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(corpus_lines() + ["Hello World, an English sentence."] * 5, trainer)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), add_prefix_space=False)
+    tokenizer.add_special_tokens([AddedToken("<mask>", lstrip=True, special=True, normalized=False)])
+    config = {**ROBERTA_NAMES, "add_prefix_space": False, "trim_offsets": True, "model_max_length": 38}
+    return _replace_tokenizer(directory, source, tokenizer, {**config, "tokenizer_class": "RobertaTokenizer"})
+
+
+def make_unigram_model(directory, source):
+    """The tiny XLM-RoBERTa ``source`` with a Unigram tokenizer (an NFKC normalizer and a Metaspace
+    pre-tokenizer in tokenizer.json, which transformers replaces) and tokenizer_class XLMRobertaTokenizer."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(vocab_size=380, special_tokens=ROBERTA_SPECIAL_TOKENS[:4], unk_token="<unk>")
+    # a part of the corpus: every character needs a piece, and the embedding table has 411 rows
+    tokenizer.train_from_iterator(corpus_lines()[:25] + ["Hello World, an English sentence."] * 5, trainer)
+    tokenizer.add_special_tokens([AddedToken("<mask>", lstrip=True, special=True, normalized=False)])
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    config = {**ROBERTA_NAMES, "model_max_length": 38, "tokenizer_class": "XLMRobertaTokenizer"}
+    return _replace_tokenizer(directory, source, tokenizer, config)
+
+
 def make_klue_model(directory, seed=0):
     """Random weights with the exact klue-sroberta shape, in the repo's sentence-transformers 2.x layout."""
     import torch

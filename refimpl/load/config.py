@@ -10,33 +10,81 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from refimpl.checks import positive_int
 from refimpl.errors import ModelFileError
-from refimpl.io import read_json, read_json_object
+from refimpl.io import read_json_object
 
 # RoBERTa-style models offset positions by padding_idx + 1 (RobertaEmbeddings);
 # XLM-RoBERTa uses the same embedding code.
 ROBERTA_LIKE = ("roberta", "xlm-roberta")
 SUPPORTED_MODEL_TYPES = ("bert",) + ROBERTA_LIKE
-# transformers' ACT2FN["gelu"] is the exact erf GELU; the tanh variants are not supported.
-SUPPORTED_ACTIVATIONS = ("gelu",)
+# transformers' ACT2FN["gelu"] and ["gelu_python"] are both the exact erf GELU; the tanh variants are not supported.
+SUPPORTED_ACTIVATIONS = ("gelu", "gelu_python")
 # sentence-transformers' SimilarityFunction values, in the order its STS evaluator reports them.
 SIMILARITY_FUNCTIONS = ("cosine", "euclidean", "manhattan", "dot")
-# Beyond this, a tokenizer's model_max_length means "unset" (transformers uses 1e30).
-_UNSET_MODEL_MAX_LENGTH = 1_000_000
+# config.json's dtype / torch_dtype values (torch's names and aliases) -> the dtype's name
+TORCH_DTYPES = {
+    "float32": "float32",
+    "float": "float32",
+    "float64": "float64",
+    "double": "float64",
+    "float16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+}
+HALF_PRECISION = ("float16", "bfloat16")
+# the attention implementations transformers runs on the CPU with the same equations
+ATTENTION_IMPLEMENTATIONS = (None, "eager", "sdpa")
 
 
-def _typed_value(cfg: dict, key: str, path: Path, kind, default=None, minimum=None):
-    value = cfg.get(key, default)
+class Source:
+    """A configuration's keys and, for each, the file it came from: a JSON file, and optionally a
+    dict of overrides from another file (sentence_bert_config.json's config_kwargs over config.json),
+    so that every error names the file and the key that set the value."""
+
+    def __init__(self, data: dict, path: Path, overrides: dict | None = None, overrides_path=None, label=""):
+        self.path = Path(path) if path is not None else None
+        self.overrides, self.overrides_path, self.label = overrides or {}, overrides_path, label
+        self.data = {**data, **self.overrides}
+
+    def get(self, key, default=None):
+        return self.data.get(key, default)
+
+    def __contains__(self, key) -> bool:
+        return key in self.data
+
+    def error(self, key: str, problem: str) -> ModelFileError:
+        if key in self.overrides:
+            return ModelFileError(self.overrides_path, f"{self.label}: {problem}")
+        return ModelFileError(self.path, problem)
+
+
+def _typed_value(source: Source, key: str, kind, default=None, minimum=None):
+    value = source.get(key, default)
     if value is None:
-        raise ModelFileError(path, f"key '{key}' is missing")
+        raise source.error(key, f"key '{key}' is missing")
     ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
     if not ok:
-        raise ModelFileError(path, f"key '{key}' must be {kind.__name__}, got {value!r}")
+        raise source.error(key, f"key '{key}' must be {kind.__name__}, got {value!r}")
     if minimum is not None and value < minimum:
-        raise ModelFileError(path, f"key '{key}' must be at least {minimum}, got {value!r}")
+        raise source.error(key, f"key '{key}' must be at least {minimum}, got {value!r}")
     return value
+
+
+def declared_dtype(source: Source, keys=("dtype", "torch_dtype")) -> tuple[str | None, str | None]:
+    """(dtype name, the key that set it) from the first of ``keys`` that is set, as transformers reads
+    them (``dtype`` wins over the older ``torch_dtype``); "auto" and missing mean None."""
+    for key in keys:
+        value = source.get(key)
+        if value is None or value == "auto":
+            continue
+        name = TORCH_DTYPES.get(value.removeprefix("torch.")) if isinstance(value, str) else None
+        if name is None:
+            raise source.error(key, f"key '{key}' must be one of {sorted(TORCH_DTYPES)} or 'auto', got {value!r}")
+        return name, key
+    return None, None
 
 
 @dataclass(frozen=True)
@@ -55,6 +103,11 @@ class EncoderConfig:
     pad_token_id: int
     hidden_act: str = "gelu"
     path: Path | None = field(default=None, compare=False)
+    # the compute dtype config.json (or config_kwargs) declares, and where: "config.json key 'dtype'"
+    declared_dtype: str | None = field(default=None, compare=False)
+    declared_dtype_source: str | None = field(default=None, compare=False)
+    # the tokenizer class config.json names (used when tokenizer_config.json names none)
+    tokenizer_class: str | None = field(default=None, compare=False)
 
     @property
     def head_dim(self) -> int:
@@ -75,55 +128,93 @@ class EncoderConfig:
         return self.max_position_embeddings
 
     @classmethod
-    def from_file(cls, path: Path) -> EncoderConfig:
-        cfg = read_json_object(path)
-        model_type = cfg.get("model_type")
+    def from_file(
+        cls, path: Path, overrides: dict | None = None, overrides_path: Path | None = None, label="config_kwargs"
+    ) -> EncoderConfig:
+        """config.json, with ``overrides`` (sentence_bert_config.json's config_kwargs) applied over it
+        first, as transformers' AutoConfig.from_pretrained(**config_kwargs) does: every check sees the
+        merged value and names the file that set it."""
+        source = Source(read_json_object(path), path, overrides, overrides_path, label)
+        model_type = source.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ModelFileError(
-                path, f"model_type {model_type!r} is not supported; refimpl runs {', '.join(SUPPORTED_MODEL_TYPES)}"
+            raise source.error(
+                "model_type",
+                f"model_type {model_type!r} is not supported; refimpl runs {', '.join(SUPPORTED_MODEL_TYPES)}",
             )
-        hidden_act = cfg.get("hidden_act", "gelu")
-        if hidden_act not in SUPPORTED_ACTIVATIONS:
-            raise ModelFileError(
-                path, f"hidden_act {hidden_act!r} is not supported; refimpl implements 'gelu' (exact erf)"
-            )
-        position_type = cfg.get("position_embedding_type", "absolute")
-        if position_type != "absolute":
-            raise ModelFileError(path, f"position_embedding_type {position_type!r} is not supported; only 'absolute'")
-        if cfg.get("is_decoder") or cfg.get("add_cross_attention"):
-            raise ModelFileError(
-                path, "is_decoder/add_cross_attention is set; refimpl runs bidirectional encoders only"
-            )
+        _refuse_unsupported_architecture(source)
         roberta = model_type in ROBERTA_LIKE
+        pad_default = 1 if roberta else 0
+        if not roberta and "pad_token_id" in source and source.get("pad_token_id") is None:
+            pad_default = 0  # BERT only uses it as the embedding's padding_idx: null is valid there
+            source.data.pop("pad_token_id")
+        dtype, dtype_key = declared_dtype(source)
         config = cls(
             model_type=model_type,
-            vocab_size=_typed_value(cfg, "vocab_size", path, int, minimum=1),
-            hidden_size=_typed_value(cfg, "hidden_size", path, int, minimum=1),
-            num_hidden_layers=_typed_value(cfg, "num_hidden_layers", path, int, minimum=0),
-            num_attention_heads=_typed_value(cfg, "num_attention_heads", path, int, minimum=1),
-            intermediate_size=_typed_value(cfg, "intermediate_size", path, int, minimum=1),
-            max_position_embeddings=_typed_value(cfg, "max_position_embeddings", path, int, minimum=1),
-            type_vocab_size=_typed_value(cfg, "type_vocab_size", path, int, default=2, minimum=1),
-            layer_norm_eps=_typed_value(cfg, "layer_norm_eps", path, float, default=1e-12),
-            pad_token_id=_typed_value(cfg, "pad_token_id", path, int, default=1 if roberta else 0, minimum=0),
-            hidden_act=hidden_act,
+            vocab_size=_typed_value(source, "vocab_size", int, minimum=1),
+            hidden_size=_typed_value(source, "hidden_size", int, minimum=1),
+            num_hidden_layers=_typed_value(source, "num_hidden_layers", int, minimum=0),
+            num_attention_heads=_typed_value(source, "num_attention_heads", int, minimum=1),
+            intermediate_size=_typed_value(source, "intermediate_size", int, minimum=1),
+            max_position_embeddings=_typed_value(source, "max_position_embeddings", int, minimum=1),
+            type_vocab_size=_typed_value(source, "type_vocab_size", int, default=2, minimum=1),
+            layer_norm_eps=_typed_value(source, "layer_norm_eps", float, default=1e-12),
+            pad_token_id=_typed_value(source, "pad_token_id", int, default=pad_default, minimum=0),
+            hidden_act=source.get("hidden_act", "gelu"),
             path=Path(path),
+            declared_dtype=dtype,
+            declared_dtype_source=None if dtype is None else _key_origin(source, dtype_key),
+            tokenizer_class=source.get("tokenizer_class"),
         )
-        if not config.layer_norm_eps > 0:
-            raise ModelFileError(path, f"layer_norm_eps must be positive, got {config.layer_norm_eps!r}")
-        if config.hidden_size % config.num_attention_heads:
-            raise ModelFileError(
-                path,
-                f"hidden_size {config.hidden_size} is not a multiple of "
-                f"num_attention_heads {config.num_attention_heads}",
-            )
-        if roberta and config.max_tokens < 1:
-            raise ModelFileError(
-                path,
-                f"max_position_embeddings {config.max_position_embeddings} leaves no room after "
-                f"the RoBERTa offset pad_token_id + 1 = {config.pad_token_id + 1}",
-            )
+        _check_shapes(config, source)
         return config
+
+
+def _key_origin(source: Source, key: str) -> str:
+    if key in source.overrides:
+        return f"{source.overrides_path} {source.label} key '{key}'"
+    return f"{source.path} key '{key}'"
+
+
+def _refuse_unsupported_architecture(source: Source):
+    """Keys that make transformers compute something refimpl does not: each names itself."""
+    hidden_act = source.get("hidden_act", "gelu")
+    if hidden_act not in SUPPORTED_ACTIVATIONS:
+        raise source.error(
+            "hidden_act", f"hidden_act {hidden_act!r} is not supported; refimpl implements 'gelu' (exact erf)"
+        )
+    position_type = source.get("position_embedding_type", "absolute")
+    if position_type != "absolute":
+        raise source.error(
+            "position_embedding_type", f"position_embedding_type {position_type!r} is not supported; only 'absolute'"
+        )
+    for key in ("is_decoder", "add_cross_attention", "is_encoder_decoder"):
+        if source.get(key):
+            raise source.error(key, f"{key} is set; refimpl runs bidirectional encoders only")
+    for key in ("attn_implementation", "_attn_implementation"):
+        if source.get(key) not in ATTENTION_IMPLEMENTATIONS:
+            raise source.error(key, f"{key} {source.get(key)!r} is not supported; only 'eager' or 'sdpa'")
+    for key, what in (("quantization_config", "a quantized model"), ("auto_map", "custom model code")):
+        if source.get(key):
+            raise source.error(key, f"key '{key}' asks for {what}; refimpl runs plain BERT/RoBERTa weights")
+    tokenizer_class = source.get("tokenizer_class")
+    if tokenizer_class is not None and not isinstance(tokenizer_class, str):
+        raise source.error("tokenizer_class", f"key 'tokenizer_class' must be a class name, got {tokenizer_class!r}")
+
+
+def _check_shapes(config: EncoderConfig, source: Source):
+    if not config.layer_norm_eps > 0:
+        raise source.error("layer_norm_eps", f"layer_norm_eps must be positive, got {config.layer_norm_eps!r}")
+    if config.hidden_size % config.num_attention_heads:
+        raise source.error(
+            "hidden_size",
+            f"hidden_size {config.hidden_size} is not a multiple of num_attention_heads {config.num_attention_heads}",
+        )
+    if config.roberta_positions and config.max_tokens < 1:
+        raise source.error(
+            "max_position_embeddings",
+            f"max_position_embeddings {config.max_position_embeddings} leaves no room after "
+            f"the RoBERTa offset pad_token_id + 1 = {config.pad_token_id + 1}",
+        )
 
 
 # sentence-transformers' legacy boolean keys, in the order its Pooling concatenates them.
@@ -136,6 +227,25 @@ LEGACY_POOLING_KEYS = {
     "pooling_mode_lasttoken": "lasttoken",
 }
 POOLING_MODES = tuple(LEGACY_POOLING_KEYS.values())
+
+
+POOLING_KEYS = ("pooling_mode", "embedding_dimension", "word_embedding_dimension", "include_prompt")
+
+
+def _pooling_modes(source: Source) -> tuple[str, ...]:
+    """sentence-transformers' rule: ``pooling_mode`` (a name or a list), else the legacy keys that are
+    truthy, in their order; neither means "mean"."""
+    if "pooling_mode" in source:  # sentence-transformers >= 6; the legacy keys are then dropped
+        value = source.get("pooling_mode")
+        modes = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, list) else None
+        if not modes or not all(isinstance(m, str) for m in modes):
+            raise source.error("pooling_mode", f"'pooling_mode' must be a mode name or a list of them, got {value!r}")
+    else:
+        modes = tuple(mode for key, mode in LEGACY_POOLING_KEYS.items() if source.get(key)) or ("mean",)
+    unknown = [m for m in modes if m not in POOLING_MODES]
+    if unknown:
+        raise source.error("pooling_mode", f"unknown pooling mode {unknown[0]!r}; known: {', '.join(POOLING_MODES)}")
+    return modes
 
 
 @dataclass(frozen=True)
@@ -152,78 +262,65 @@ class PoolingConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> PoolingConfig:
-        cfg = read_json_object(path)
-        if "pooling_mode" in cfg:  # sentence-transformers >= 6
-            modes = cfg["pooling_mode"]
-            modes = (modes,) if isinstance(modes, str) else tuple(modes) if isinstance(modes, list) else None
-            if not modes or not all(isinstance(m, str) for m in modes):
-                raise ModelFileError(
-                    path, f"'pooling_mode' must be a mode name or a list of them, got {cfg['pooling_mode']!r}"
-                )
-        else:
-            modes = tuple(mode for key, mode in LEGACY_POOLING_KEYS.items() if cfg.get(key) is True)
-        if not modes:
+        source = Source(read_json_object(path), path)
+        unknown = sorted(set(source.data) - set(POOLING_KEYS) - set(LEGACY_POOLING_KEYS))
+        if unknown:  # sentence-transformers' Pooling(**config) raises a TypeError on them
+            known = ", ".join(POOLING_KEYS + tuple(LEGACY_POOLING_KEYS))
+            raise ModelFileError(path, f"unknown key '{unknown[0]}'; sentence-transformers' Pooling takes {known}")
+        key = "embedding_dimension" if "embedding_dimension" in source else "word_embedding_dimension"
+        include_prompt = bool(source.get("include_prompt", True))  # read by truthiness, as sentence-transformers
+        return cls(_pooling_modes(source), _typed_value(source, key, int, minimum=1), include_prompt)
+
+
+NORMALIZE_DEFAULT = "sentence_embedding"
+
+
+def check_normalize_config(path: Path):
+    """The Normalize module's optional config.json: sentence-transformers reads ``module_input_name`` and
+    ``module_output_name`` from it (other keys are dropped); refimpl runs the default, which normalizes the
+    sentence embedding, and refuses anything else."""
+    cfg = read_json_object(path, required=False) or {}
+    input_name = cfg.get("module_input_name", NORMALIZE_DEFAULT)
+    for key, default in (("module_input_name", NORMALIZE_DEFAULT), ("module_output_name", input_name)):
+        if cfg.get(key, default) != NORMALIZE_DEFAULT:
             raise ModelFileError(
-                path,
-                "no pooling mode is set: give 'pooling_mode' (one of "
-                f"{', '.join(POOLING_MODES)}) or set one of {', '.join(LEGACY_POOLING_KEYS)} to true",
+                path, f"key '{key}' is {cfg[key]!r}; refimpl normalizes only '{NORMALIZE_DEFAULT}' (the default)"
             )
-        unknown = [m for m in modes if m not in POOLING_MODES]
-        if unknown:
-            raise ModelFileError(path, f"unknown pooling mode {unknown[0]!r}; known: {', '.join(POOLING_MODES)}")
-        key = "embedding_dimension" if "embedding_dimension" in cfg else "word_embedding_dimension"
-        include_prompt = cfg.get("include_prompt", True)
-        if not isinstance(include_prompt, bool):
-            raise ModelFileError(path, f"key 'include_prompt' must be true or false, got {include_prompt!r}")
-        return cls(modes, _typed_value(cfg, key, path, int, minimum=1), include_prompt)
-
-
-@dataclass(frozen=True)
-class SentenceBertConfig:
-    """sentence_bert_config.json (optional): truncation length and lowercasing."""
-
-    max_seq_length: int | None = None
-    do_lower_case: bool = False
-
-    @classmethod
-    def from_file(cls, path: Path) -> SentenceBertConfig:
-        cfg = read_json_object(path, required=False)
-        if cfg is None:
-            return cls()
-        max_seq_length = cfg.get("max_seq_length")
-        if max_seq_length is not None:
-            max_seq_length = _typed_value(cfg, "max_seq_length", path, int, minimum=1)
-        do_lower_case = cfg.get("do_lower_case", False)
-        if not isinstance(do_lower_case, bool):
-            raise ModelFileError(path, f"key 'do_lower_case' must be true or false, got {do_lower_case!r}")
-        return cls(max_seq_length, do_lower_case)
 
 
 @dataclass(frozen=True)
 class SentenceTransformerConfig:
-    """config_sentence_transformers.json (optional): prompts and the similarity function."""
+    """config_sentence_transformers.json (optional): prompts, the similarity function, truncate_dim."""
 
     prompts: dict = field(default_factory=dict)
     default_prompt_name: str | None = None
     similarity_fn_name: str | None = None
+    truncate_dim: int | None = None
 
     @classmethod
     def from_file(cls, path: Path) -> SentenceTransformerConfig:
         cfg = read_json_object(path, required=False)
         if cfg is None:
             return cls()
+        source = Source(cfg, path)
+        model_type = cfg.get("model_type", "SentenceTransformer")
+        if model_type != "SentenceTransformer":  # sentence-transformers would convert it into another model
+            raise ModelFileError(path, f"key 'model_type' is {model_type!r}; refimpl loads SentenceTransformer models")
         prompts = cfg.get("prompts") or {}
         if not isinstance(prompts, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()
+            isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in prompts.items()
         ):
             raise ModelFileError(path, f"'prompts' must map names to strings, got {prompts!r}")
         default = cfg.get("default_prompt_name")
-        if default is not None and default not in prompts:
-            raise ModelFileError(path, f"default_prompt_name {default!r} is not one of the prompts {sorted(prompts)}")
+        if default is not None and not isinstance(default, str):
+            raise ModelFileError(path, f"key 'default_prompt_name' must be a prompt name, got {default!r}")
+        # a similarity function sentence-transformers does not know is ignored by it, so here too
         similarity = cfg.get("similarity_fn_name")
-        if similarity is not None and similarity not in SIMILARITY_FUNCTIONS:
-            raise ModelFileError(path, f"similarity_fn_name {similarity!r} is not one of {SIMILARITY_FUNCTIONS}")
-        return cls(dict(prompts), default, similarity)
+        similarity = similarity if similarity in SIMILARITY_FUNCTIONS else None
+        truncate_dim = None
+        if cfg.get("truncate_dim") is not None:
+            truncate_dim = _typed_value(source, "truncate_dim", int, minimum=1)
+        return cls(dict(prompts), default, similarity, truncate_dim)
 
 
 def similarity_function_name(value) -> str:
@@ -234,15 +331,33 @@ def similarity_function_name(value) -> str:
     return value
 
 
-def model_settings(path: Path, prompts, default_prompt_name, similarity_fn_name) -> tuple[dict, str | None, str]:
-    """(prompts, default prompt name, similarity function): the constructor's arguments where given,
-    else config_sentence_transformers.json's, as sentence-transformers resolves them."""
+def merged_prompts(user: dict | None, stored: dict) -> dict:
+    """sentence-transformers' prompts: {"query": "", "document": ""}, the user's over them, then the
+    saved ones wherever a name is missing or None; None becomes ""."""
+    if user is not None and (
+        not isinstance(user, dict) or not all(isinstance(v, str) or v is None for v in user.values())
+    ):
+        raise TypeError(f"prompts must map prompt names to strings, got {user!r}")
+    prompts = {"query": None, "document": None, **(user or {})}
+    for name, text in stored.items():
+        if prompts.get(name) is None:
+            prompts[name] = text
+    return {name: "" if text is None else text for name, text in prompts.items()}
+
+
+def model_settings(
+    path: Path, prompts, default_prompt_name, similarity_fn_name, truncate_dim=None
+) -> tuple[dict, str | None, str, int | None]:
+    """(prompts, default prompt name, similarity function, truncate_dim): the constructor's arguments
+    where given, else config_sentence_transformers.json's, as sentence-transformers resolves them."""
     stored = SentenceTransformerConfig.from_file(path)
-    prompts = dict(stored.prompts) if prompts is None else dict(prompts)
+    prompts = merged_prompts(prompts, stored.prompts)
     default = default_prompt_name if default_prompt_name is not None else stored.default_prompt_name
     if default is not None and default not in prompts:
         raise ValueError(f"default_prompt_name {default!r} is not one of the prompts {sorted(prompts)}")
-    return prompts, default, similarity_function_name(similarity_fn_name or stored.similarity_fn_name or "cosine")
+    similarity = similarity_function_name(similarity_fn_name or stored.similarity_fn_name or "cosine")
+    truncate_dim = positive_int("truncate_dim", truncate_dim, allow_none=True)
+    return prompts, default, similarity, truncate_dim if truncate_dim is not None else stored.truncate_dim
 
 
 def resolve_prompt(prompts: dict, default_prompt_name, prompt, prompt_name) -> str | None:
@@ -255,14 +370,3 @@ def resolve_prompt(prompts: dict, default_prompt_name, prompt, prompt_name) -> s
     if name is not None and name not in prompts:
         raise ValueError(f"prompt_name {name!r} is not one of this model's prompts: {sorted(prompts)}")
     return None if name is None else prompts[name]
-
-
-def tokenizer_model_max_length(path: Path) -> int | None:
-    """tokenizer_config.json's model_max_length, or None when absent or 'unset' (1e30)."""
-    cfg = read_json(path, required=False)
-    if not isinstance(cfg, dict):
-        return None
-    value = cfg.get("model_max_length")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < _UNSET_MODEL_MAX_LENGTH:
-        return None
-    return int(value)

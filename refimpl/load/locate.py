@@ -17,26 +17,53 @@ from refimpl.io import read_json
 
 DEFAULT_MODEL = "bespin-global/klue-sroberta-base-continue-learning-by-mnr"
 
-# Every file refimpl reads; a Hub download fetches these and nothing else.
-# "*/config.json" covers the module sub-directories (1_Pooling/config.json, ...).
-HUB_CONFIG_PATTERNS = [
+# Every file refimpl reads, or refuses a model for holding; a Hub download fetches these and nothing
+# else, at the root and in module sub-directories (1_Pooling/config.json, a Transformer in 0_Transformer/).
+_READ_FILES = [
     "modules.json",
     "config.json",
-    "sentence_bert_config.json",
     "config_sentence_transformers.json",
+    # sentence-transformers 6 reads the first non-empty one of these seven (load/transformer_config.py)
+    "sentence_bert_config.json",
+    "sentence_roberta_config.json",
+    "sentence_distilbert_config.json",
+    "sentence_camembert_config.json",
+    "sentence_albert_config.json",
+    "sentence_xlm-roberta_config.json",
+    "sentence_xlnet_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "added_tokens.json",
     "vocab.txt",
-    "*/config.json",
+    # files that make sentence-transformers load something refimpl does not run (refused when present)
+    "adapter_config.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
 ]
+HUB_CONFIG_PATTERNS = _READ_FILES + [f"*/{name}" for name in _READ_FILES]
 SAFETENSORS_NAME = "model.safetensors"
 PYTORCH_BIN_NAME = "pytorch_model.bin"
 
-# modules.json names modules by class path; sentence-transformers 2.x-5.x wrote
-# "sentence_transformers.models.Pooling", 6.x writes the full module path
-# ("sentence_transformers.sentence_transformer.modules.pooling.Pooling").
+# modules.json names modules by class path. These are the paths sentence-transformers 6 resolves to
+# its Transformer, Pooling and Normalize classes under the names its releases wrote: 2.x-5.x
+# "sentence_transformers.models.Pooling", 6.x the full module path. Others that happen to resolve
+# to the same classes (sparse_encoder.modules.Transformer, ...) belong to other model kinds: refused.
 SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
+MODULE_TYPES = {
+    **{f"sentence_transformers.models.{kind}": kind for kind in SUPPORTED_MODULES},
+    **{f"sentence_transformers.models.{kind}.{kind}": kind for kind in SUPPORTED_MODULES},
+    **{f"sentence_transformers.sentence_transformer.modules.{kind}": kind for kind in SUPPORTED_MODULES},
+    "sentence_transformers.sentence_transformer.modules.pooling.Pooling": "Pooling",
+    "sentence_transformers.sentence_transformer.modules.normalize.Normalize": "Normalize",
+    "sentence_transformers.base.modules.Transformer": "Transformer",
+    "sentence_transformers.base.modules.transformer.Transformer": "Transformer",
+    "sentence_transformers.base.modules.Normalize": "Normalize",
+    "sentence_transformers.base.modules.normalize.Normalize": "Normalize",
+}
 
 
 def _env_true(name: str) -> bool:
@@ -127,10 +154,8 @@ class ModuleEntry:
 
 
 def module_kind(type_name: str) -> str | None:
-    if not isinstance(type_name, str) or not type_name.startswith("sentence_transformers."):
-        return None
-    last = type_name.rsplit(".", 1)[-1]
-    return last if last in SUPPORTED_MODULES else None
+    """Transformer, Pooling or Normalize for a type name sentence-transformers 6 resolves to that class."""
+    return MODULE_TYPES.get(type_name) if isinstance(type_name, str) else None
 
 
 def path_inside(root: Path, relative: str, what: Path) -> Path:
@@ -148,29 +173,47 @@ def path_inside(root: Path, relative: str, what: Path) -> Path:
     return resolved
 
 
+def _module_entry(model_dir: Path, modules_file: Path, position: int, entry) -> ModuleEntry:
+    if not isinstance(entry, dict) or "type" not in entry:
+        raise ModelFileError(modules_file, f"entry {position} is not an object with a 'type': {entry!r}")
+    index = entry.get("idx", position)
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise ModelFileError(modules_file, f"entry {position} has 'idx' {index!r}; it must be an integer")
+    kind = module_kind(entry["type"])
+    if kind is None:
+        raise ModelFileError(
+            modules_file,
+            f"module {position} has type {entry['type']!r}; refimpl supports only "
+            "sentence-transformers Transformer, Pooling and Normalize modules",
+        )
+    for key in ("name", "path"):  # sentence-transformers fails with KeyError without them
+        if key not in entry:
+            raise ModelFileError(modules_file, f"entry {position} has no '{key}'")
+    if isinstance(entry["name"], bool) or not isinstance(entry["name"], (str, int)):
+        raise ModelFileError(modules_file, f"entry {position} has 'name' {entry['name']!r}; it must be a string")
+    return ModuleEntry(kind, path_inside(model_dir, entry["path"], modules_file))
+
+
 def read_modules(model_dir: Path) -> list[ModuleEntry]:
-    """Parse modules.json into [Transformer, Pooling, (Normalize)], refusing anything else."""
+    """Parse modules.json into [Transformer, Pooling, (Normalize)], refusing anything else.
+
+    sentence-transformers runs the entries in list order and ignores ``idx``; a list whose ``idx``
+    order differs is refused rather than guessed at, as are repeated names (the later module would
+    replace the earlier one)."""
     model_dir = Path(model_dir).resolve()
     modules_file = model_dir / "modules.json"
     entries = read_json(modules_file)
     if not isinstance(entries, list) or not entries:
         raise ModelFileError(modules_file, "must be a non-empty JSON list of modules")
-    for position, entry in enumerate(entries):
-        if not isinstance(entry, dict) or "type" not in entry:
-            raise ModelFileError(modules_file, f"entry {position} is not an object with a 'type': {entry!r}")
-        index = entry.get("idx", position)
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise ModelFileError(modules_file, f"entry {position} has 'idx' {index!r}; it must be an integer")
-    modules = []
-    for position, entry in enumerate(sorted(entries, key=lambda e: e.get("idx", 0))):
-        kind = module_kind(entry["type"])
-        if kind is None:
-            raise ModelFileError(
-                modules_file,
-                f"module {position} has type {entry['type']!r}; refimpl supports only "
-                "sentence-transformers Transformer, Pooling and Normalize modules",
-            )
-        modules.append(ModuleEntry(kind, path_inside(model_dir, entry.get("path", ""), modules_file)))
+    modules = [_module_entry(model_dir, modules_file, position, entry) for position, entry in enumerate(entries)]
+    indices = [entry.get("idx", position) for position, entry in enumerate(entries)]
+    if indices != sorted(indices):
+        raise ModelFileError(
+            modules_file, f"entries are not in 'idx' order ({indices}); sentence-transformers runs them in list order"
+        )
+    names = [entry["name"] for entry in entries]
+    if len(set(names)) != len(names):
+        raise ModelFileError(modules_file, f"module names repeat ({names}); each module needs its own 'name'")
     kinds = [m.kind for m in modules]
     if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
         raise ModelFileError(

@@ -1,16 +1,16 @@
-"""Loading, step 3: the tokenizer (text -> token ids), as sentence-transformers tokenizes.
+"""Loading, step 3: the tokenizer (text -> token ids), as sentence-transformers 6 tokenizes.
 
-The Hugging Face ``tokenizers`` library does the work from ``tokenizer.json``
-(or, without one, from ``vocab.txt`` + ``tokenizer_config.json`` as a BERT
-WordPiece tokenizer). refimpl adds what sentence-transformers adds around it:
-lowercasing when ``do_lower_case`` is set (a Lowercase normalizer in front, as
-sentence-transformers 6 installs it), truncation to ``max_seq_length`` counting
-the special tokens, and no padding (the fast path packs sequences instead).
+transformers 5 builds the tokenizer from the model's tokenizer files (``tokenizer_settings.py``
+reads them, ``tokenizer_build.py`` builds the ``tokenizers`` object); refimpl adds what
+sentence-transformers adds around it: lowercasing when ``do_lower_case`` is set (a Lowercase
+normalizer in front, as sentence-transformers 6 installs it), truncation to ``max_seq_length``
+counting the special tokens on the tokenizer's truncation side, token type ids only when the
+tokenizer lists them as an input, and no padding (the fast path packs sequences instead).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,126 +18,99 @@ import numpy as np
 from refimpl.batch import Encoded
 from refimpl.checks import positive_int
 from refimpl.errors import ModelFileError
-from refimpl.io import read_json_object
+from refimpl.load.config import EncoderConfig
+from refimpl.load.tokenizer_build import build_backend, lowercase_first, special_ids
+from refimpl.load.tokenizer_settings import TokenizerSettings, read_tokenizer_settings
+from refimpl.load.transformer_config import TransformerSettings
+
+logger = logging.getLogger("refimpl")
 
 
-def _lowercases(normalizer: dict | None) -> bool:
-    """Does this normalizer (tokenizer.json form) lowercase already?"""
-    if not normalizer:
-        return False
-    kind = normalizer.get("type")
-    if kind == "Lowercase":
-        return True
-    if kind == "BertNormalizer":
-        return bool(normalizer.get("lowercase"))
-    if kind == "Sequence":
-        return any(_lowercases(n) for n in normalizer.get("normalizers", []))
-    return False
-
-
-def _token_name(config: dict, key: str, default: str, config_file: Path) -> str | None:
-    """A special token's text from tokenizer_config.json: a string, or transformers 4.x's AddedToken dict."""
-    value = config.get(key, default)
-    if value is None and key in ("pad_token", "mask_token"):
-        return None
-    if isinstance(value, dict) and value.get("__type") in (None, "AddedToken"):
-        value = value.get("content")
-    if not isinstance(value, str):
-        raise ModelFileError(
-            config_file, f"key '{key}' must be a token string or an AddedToken object, got {config.get(key)!r}"
-        )
-    return value
-
-
-def _wordpiece_from_vocab(directory: Path):
-    """A BERT WordPiece tokenizer built from vocab.txt and tokenizer_config.json (no tokenizer.json)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-
-    vocab_file = directory / "vocab.txt"
-    config_file = directory / "tokenizer_config.json"
-    config = read_json_object(config_file, required=False) or {}
-    try:
-        with open(vocab_file, encoding="utf-8") as handle:  # universal newlines, as transformers reads it
-            lines = [line.rstrip("\n") for line in handle]
-    except (OSError, UnicodeDecodeError) as error:
-        raise ModelFileError(vocab_file, f"cannot be read ({error})") from None
-    # transformers' load_vocab numbers tokens by line: a repeated line takes its last line number
-    vocab = {token: index for index, token in enumerate(lines)}
-    names = {
-        key: _token_name(config, key, default, config_file)
-        for key, default in (
-            ("unk_token", "[UNK]"),
-            ("cls_token", "[CLS]"),
-            ("sep_token", "[SEP]"),
-            ("pad_token", "[PAD]"),
-            ("mask_token", "[MASK]"),
-        )
-    }
-    options = {
-        key: config.get(key, default)
-        for key, default in (("tokenize_chinese_chars", True), ("strip_accents", None), ("do_lower_case", True))
-    }
-    for key, value in options.items():
-        if value is not None and not isinstance(value, bool):
-            raise ModelFileError(config_file, f"key '{key}' must be true, false or null, got {value!r}")
-    for key in ("unk_token", "cls_token", "sep_token"):
-        if names[key] not in vocab:
-            raise ModelFileError(
-                vocab_file, f"has no {key} {names[key]!r} (from {config_file.name} or the BERT default)"
+def max_seq_length(
+    settings: TokenizerSettings, processor_kwargs: dict, sbert: TransformerSettings, config: EncoderConfig
+) -> tuple[int, Path]:
+    """(max_seq_length, the file it came from), as sentence-transformers 6 sets the tokenizer's
+    model_max_length: tokenizer_args' model_max_length, else sentence_bert_config.json's
+    max_seq_length, else tokenizer_config.json's model_max_length (or max_len) capped at
+    max_position_embeddings, else max_position_embeddings. refimpl never goes past what the position
+    table holds (sentence-transformers fails on such inputs): a longer setting is lowered, with a warning."""
+    explicit = "model_max_length" in processor_kwargs
+    value = settings.model_max_length()
+    if explicit and value is not None:
+        source = sbert.path
+    elif value is not None and not explicit:
+        value, source = min(value, config.max_position_embeddings), settings.origins[""]
+    else:
+        value, source = config.max_position_embeddings, config.path
+    if value > config.max_tokens:
+        if source != config.path:
+            logger.warning(
+                "max_seq_length %d of %s exceeds the %d tokens its position table holds; truncating to %d",
+                value,
+                source,
+                config.max_tokens,
+                config.max_tokens,
             )
-    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token=names["unk_token"], max_input_chars_per_word=100))
-    tokenizer.normalizer = normalizers.BertNormalizer(
-        clean_text=True,
-        handle_chinese_chars=options["tokenize_chinese_chars"] is not False,
-        strip_accents=options["strip_accents"],
-        lowercase=options["do_lower_case"] is not False,
-    )
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    cls, sep = names["cls_token"], names["sep_token"]
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{cls}:0 $A:0 {sep}:0",
-        pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
-        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])],
-    )
-    tokenizer.add_special_tokens([n for n in names.values() if n in vocab])
-    return tokenizer
+        value, source = config.max_tokens, config.path
+    return value, source
 
 
-def load_backend(directory: Path):
-    """The ``tokenizers.Tokenizer`` of a model directory: tokenizer.json, else vocab.txt."""
-    from tokenizers import Tokenizer
-
-    tokenizer_file = directory / "tokenizer.json"
-    if tokenizer_file.exists():
-        try:
-            return Tokenizer.from_file(str(tokenizer_file))
-        except Exception as error:  # the Rust library raises a bare Exception
-            raise ModelFileError(tokenizer_file, f"is not a valid tokenizers file ({error})") from None
-    if (directory / "vocab.txt").exists():
-        return _wordpiece_from_vocab(directory)
-    raise ModelFileError(
-        tokenizer_file, "file is missing, and there is no vocab.txt to build a WordPiece tokenizer from"
-    )
+def load_tokenizer(directory: Path, sbert: TransformerSettings, config: EncoderConfig) -> TextTokenizer:
+    """The Transformer module's tokenizer, with sentence-transformers' settings applied."""
+    processor_kwargs = dict(sbert.processor_kwargs)
+    if sbert.max_seq_length is not None and "model_max_length" not in processor_kwargs:
+        processor_kwargs["model_max_length"] = sbert.max_seq_length  # as sentence-transformers passes it on
+    origin = (sbert.path, f"{sbert.label('processor_kwargs')} ")
+    settings = read_tokenizer_settings(directory, config, processor_kwargs, origin)
+    if settings.side("padding_side", settings.tokenizer_json) == "left" and not config.roberta_positions:
+        raise settings.error(
+            "padding_side",
+            "padding_side 'left' shifts BERT's absolute positions with each batch's padding; refimpl refuses it",
+        )
+    backend = build_backend(settings, directory)
+    if sbert.do_lower_case:
+        lowercase_first(backend)
+    max_length, source = max_seq_length(settings, processor_kwargs, sbert, config)
+    tokenizer_file = directory / ("tokenizer.json" if settings.tokenizer_json is not None else "vocab.txt")
+    try:
+        return TextTokenizer(
+            backend,
+            max_length=max_length,
+            pad_token_id=config.pad_token_id,
+            truncation_side=settings.side("truncation_side", settings.tokenizer_json),
+            type_ids=settings.type_ids_used(),
+            special_ids=special_ids(backend, settings),
+        )
+    except ValueError as error:
+        if isinstance(error, ModelFileError):
+            raise
+        raise ModelFileError(source, f"{error} (with {tokenizer_file.name})") from None
 
 
 class TextTokenizer:
     """Turns strings into ``Encoded`` ids the way sentence-transformers' Transformer module does."""
 
-    def __init__(self, backend, *, max_length: int, lowercase: bool, pad_token_id: int):
-        from tokenizers import normalizers
-
+    def __init__(
+        self,
+        backend,
+        *,
+        max_length: int,
+        pad_token_id: int,
+        truncation_side: str = "right",
+        type_ids: bool = True,
+        special_ids=frozenset(),
+    ):
         self.backend = backend
         self.max_length = max_length
-        existing = backend.normalizer
-        spec = json.loads(existing.__getstate__()) if existing is not None else None  # its tokenizer.json form
-        if lowercase and not _lowercases(spec):
-            steps = [normalizers.Lowercase()] + ([existing] if existing is not None else [])
-            backend.normalizer = normalizers.Sequence(steps)
+        self.truncation_side = truncation_side
+        self.type_ids = type_ids  # token_type_ids from the post-processor, else zeros
+        self.special_ids = frozenset(special_ids)  # transformers' all_special_ids
         backend.no_padding()
         # below this, the tokenizers library silently skips truncation altogether
         self.min_length = backend.num_special_tokens_to_add(False) + 1
         self.set_max_length(max_length)
         self._untruncated = None
+        self._cut_rules = None  # long_text.CutRules, False when texts cannot be cut
         pad_token = backend.id_to_token(pad_token_id)
         self.pad_token_id = pad_token_id if pad_token is not None else 0
 
@@ -149,7 +122,7 @@ class TextTokenizer:
                 f"this tokenizer adds plus one token; use at least {self.min_length}"
             )
         self.max_length = max_length
-        self.backend.enable_truncation(self.max_length, strategy="longest_first", direction="right")
+        self.backend.enable_truncation(self.max_length, strategy="longest_first", direction=self.truncation_side)
 
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
@@ -165,7 +138,7 @@ class TextTokenizer:
             for token_id, type_id in zip(encoding.ids, encoding.type_ids):
                 if token_id > largest:
                     token, largest = encoding.tokens[encoding.ids.index(token_id)], token_id
-                largest_type = max(largest_type, type_id)
+                largest_type = max(largest_type, type_id if self.type_ids else 0)
         return largest, token, largest_type
 
     # tokenizers' Encoding objects take ~2 KB each: convert them to arrays a slice at a time
@@ -185,7 +158,10 @@ class TextTokenizer:
         encodings = self.backend.encode_batch([self._bounded(text) for text in texts], add_special_tokens=True)
         lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
         input_ids = np.fromiter((i for e in encodings for i in e.ids), np.int64, int(lengths.sum()))
-        type_ids = np.fromiter((i for e in encodings for i in e.type_ids), np.int64, int(lengths.sum()))
+        if self.type_ids:
+            type_ids = np.fromiter((i for e in encodings for i in e.type_ids), np.int64, int(lengths.sum()))
+        else:
+            type_ids = np.zeros(int(lengths.sum()), np.int64)
         truncated = np.fromiter((bool(e.overflowing) for e in encodings), bool, len(encodings))
         return Encoded(input_ids, type_ids, lengths, truncated)
 
@@ -193,16 +169,24 @@ class TextTokenizer:
     CHARS_PER_TOKEN_WINDOW = 16
 
     def _bounded(self, text: str) -> str:
-        """``text``, or a shorter text with the same truncated tokens (long_text.py says how)."""
+        """``text``, or a shorter text with the same truncated tokens (long_text.py says how and when)."""
         window = max(4096, self.CHARS_PER_TOKEN_WINDOW * self.max_length)
-        if len(text) <= 2 * window:
+        if len(text) <= 2 * window or self.truncation_side != "right":  # left truncation keeps the end
             return text
-        from refimpl.load.long_text import bounded_text
+        from refimpl.load.long_text import CutRules, bounded_text
 
         untruncated = self._untruncated_tokenizer()
-        unk = getattr(untruncated.model, "unk_token", None)
-        unk_id = untruncated.token_to_id(unk) if isinstance(unk, str) else None
-        return bounded_text(text, untruncated, self.max_length, unk_id, window)
+        if self._cut_rules is None:  # worked out once: where this tokenizer lets a text be cut (or nowhere)
+            self._cut_rules = CutRules.of(untruncated) or False
+        if self._cut_rules is False:
+            return text
+        return bounded_text(text, untruncated, self.max_length, window, self._cut_rules)
+
+    def prompt_length(self, prompt: str) -> int:
+        """The prompt's tokens as sentence-transformers counts them for include_prompt=False: the
+        tokenized prompt (special tokens added, truncated), less one when its last id is a special id."""
+        ids = self.encode([prompt]).input_ids
+        return len(ids) - (1 if len(ids) and int(ids[-1]) in self.special_ids else 0)
 
     def _untruncated_tokenizer(self):
         if self._untruncated is None:  # a second tokenizer, so the shared one is never reconfigured

@@ -167,6 +167,22 @@ def load_weights(state: Mapping[str, object], config: EncoderConfig, source: Pat
     return to_nested(arrays)
 
 
+STORED_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
+STORED_DTYPES.update({name: name for name in ("float16", "float32", "float64")})  # pytorch_model.bin's arrays
+
+
+def stored_float_dtype(state: Mapping) -> str | None:
+    """The dtype of the checkpoint's first floating tensor (by name), which transformers computes in when
+    nothing else sets one. pytorch_model.bin's bfloat16 tensors arrive here as float32 already."""
+    for name in sorted(state):
+        tensor = state[name]
+        stored = getattr(tensor, "dtype", None)
+        stored = STORED_DTYPES.get(stored if isinstance(stored, str) else np.dtype(stored).name)
+        if stored is not None:
+            return stored
+    return None
+
+
 def read_state(transformer_dir: Path):
     """The raw tensors of the Transformer module (safetensors, else pytorch_model.bin) and their file."""
     safetensors_file = transformer_dir / SAFETENSORS_NAME

@@ -46,8 +46,8 @@ def encode_with_options(
     if prompt:
         texts = [prompt + text for text in texts]
         if not model.pooling_config.include_prompt:
-            # [CLS] + the prompt's tokens, as sentence-transformers counts them (without the final [SEP])
-            prompt_length = len(model.text_tokenizer.encode([prompt]).input_ids) - 1
+            # the prompt's tokens, as sentence-transformers counts them (less a final special token)
+            prompt_length = model.text_tokenizer.prompt_length(prompt)
     encoded = model.text_tokenizer.encode(texts)
     embeddings = model.pipeline.embed(encoded, batch_size, output_value, prompt_length, show_progress_bar)
     if output_value == "sentence_embedding":

@@ -20,35 +20,12 @@ from refimpl.checks import check_compute, positive_int
 from refimpl.engines import DEFAULT_ENGINE, Engine, TokenStates, engine_class, pooling
 from refimpl.engines.base import weights_dtype
 from refimpl.errors import ModelFileError
-from refimpl.load.config import EncoderConfig, PoolingConfig, SentenceBertConfig, tokenizer_model_max_length
-from refimpl.load.tokenizer import TextTokenizer, load_backend
-from refimpl.load.weights import load_weights, read_state
+from refimpl.load.config import EncoderConfig, PoolingConfig, check_normalize_config
+from refimpl.load.tokenizer import TextTokenizer, load_tokenizer
+from refimpl.load.transformer_config import TransformerSettings, warn_half_precision
+from refimpl.load.weights import load_weights, read_state, stored_float_dtype
 
 logger = logging.getLogger("refimpl")
-
-
-def resolve_max_seq_length(directory: Path, sbert: SentenceBertConfig, config: EncoderConfig) -> tuple[int, Path]:
-    """(max_seq_length, the file it came from): sentence_bert_config.json's max_seq_length, else
-    tokenizer_config.json's model_max_length, else what the position table holds; never more
-    than the position table holds."""
-    # parsed even when max_seq_length is set, so that a broken file is reported, not ignored
-    tokenizer_max_length = tokenizer_model_max_length(directory / "tokenizer_config.json")
-    if sbert.max_seq_length:
-        max_length, source = sbert.max_seq_length, directory / "sentence_bert_config.json"
-    elif tokenizer_max_length:
-        max_length, source = tokenizer_max_length, directory / "tokenizer_config.json"
-    else:
-        max_length, source = config.max_tokens, config.path
-    if max_length > config.max_tokens:
-        logger.warning(
-            "max_seq_length %d of %s exceeds the %d tokens its position table holds; truncating to %d",
-            max_length,
-            directory,
-            config.max_tokens,
-            config.max_tokens,
-        )
-        max_length, source = config.max_tokens, config.path
-    return max_length, source
 
 
 def check_tokenizer_fits(tokenizer: TextTokenizer, config: EncoderConfig, tokenizer_file: Path):
@@ -87,30 +64,26 @@ class Transformer:
         self.engine_name, self.compute = engine, compute
         self._config = config
         self._engines: dict[str, Engine] = {}
+        self.reference_dtype: str | None = None  # the dtype sentence-transformers computes in, when set
 
     @classmethod
     def from_dir(
         cls, directory: Path, *, dtype=np.float32, engine: str = DEFAULT_ENGINE, compute: str = "float32"
     ) -> Transformer:
-        config = EncoderConfig.from_file(directory / "config.json")
-        sbert = SentenceBertConfig.from_file(directory / "sentence_bert_config.json")
-        max_length, source = resolve_max_seq_length(directory, sbert, config)
+        """The module as sentence-transformers 6 loads it: sentence_bert_config.json (or a legacy name),
+        config.json with its config_kwargs, the tokenizer files, the weights."""
+        sbert = TransformerSettings.from_dir(directory)
+        config = sbert.encoder_config(directory)
+        tokenizer = load_tokenizer(directory, sbert, config)
         tokenizer_file = directory / ("tokenizer.json" if (directory / "tokenizer.json").exists() else "vocab.txt")
-        try:
-            tokenizer = TextTokenizer(
-                load_backend(directory),
-                max_length=max_length,
-                lowercase=sbert.do_lower_case,
-                pad_token_id=config.pad_token_id,
-            )
-        except ValueError as error:
-            if isinstance(error, ModelFileError):
-                raise
-            raise ModelFileError(source, f"{error} (with {tokenizer_file.name})") from None
         check_tokenizer_fits(tokenizer, config, tokenizer_file)
         state, weights_file = read_state(directory)
+        reference_dtype, source = sbert.compute_dtype(config, stored_float_dtype(state))
+        warn_half_precision(reference_dtype, source, np.dtype(dtype).name)
         weights = load_weights(state, config, weights_file, dtype)
-        return cls(directory, config, tokenizer, weights, weights_file, engine, compute)
+        module = cls(directory, config, tokenizer, weights, weights_file, engine, compute)
+        module.reference_dtype = reference_dtype  # what sentence-transformers computes in (None: float32)
+        return module
 
     @property
     def config(self) -> EncoderConfig:
@@ -172,7 +145,9 @@ class Normalize:
 
     @classmethod
     def from_dir(cls, directory: Path | None = None) -> Normalize:
-        return cls()  # sentence-transformers' Normalize has no files; its directory may not exist
+        if directory is not None:  # usually absent; sentence-transformers reads the input/output names there
+            check_normalize_config(directory / "config.json")
+        return cls()
 
     def __call__(self, embeddings: np.ndarray) -> np.ndarray:
         return pooling.normalize(embeddings)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from refimpl.engines import pooling as pooling_ops
+from refimpl.errors import ModelFileError
 
 MEAN_LIKE = ("mean", "mean_sqrt_len_tokens", "weightedmean")
 
@@ -64,6 +65,10 @@ def pooling_weights(modes, token_states: np.ndarray) -> np.ndarray:
 
 def analyse(model, text: str) -> SentenceView:
     """One sentence through the model: tokens, every layer, every attention, the pooled vector."""
+    if model.config.num_hidden_layers == 0:
+        raise ModelFileError(
+            model.config.path, "num_hidden_layers is 0: the model has no attention, and explain shows it per layer"
+        )
     tokenizer = model.text_tokenizer
     features = model.tokenize([text])
     out = model.forward(features, output_hidden_states=True, output_attentions=True)
