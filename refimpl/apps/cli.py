@@ -61,9 +61,7 @@ def _add_model_arguments(parser):
         "--compute", choices=COMPUTE_MODES, default="float32", help="the fast engine's arithmetic (default float32)"
     )
     group.add_argument(
-        "--threads",
-        type=count_argument,
-        help="BLAS threads for the matrix products (default: all cores); the numba kernels run on one",
+        "--threads", type=count_argument, help="threads for the matrix products and kernels (default: all cores)"
     )
 
 
