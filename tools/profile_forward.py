@@ -2,7 +2,7 @@
 
     python -m tools.profile_forward                      # 32 KLUE-like sentences (~500 tokens)
     python -m tools.profile_forward --batch-one          # one 16-token sentence (latency)
-    python -m tools.profile_forward --model DIR --repeats 20
+    python -m tools.profile_forward --model DIR --repeats 20 --compute int8
 
 Any commit can be profiled the same way, which is how docs/performance.md measures what each
 optimisation gained:
@@ -10,8 +10,8 @@ optimisation gained:
     git worktree add /tmp/refimpl-old <commit>
     PYTHONPATH=/tmp/refimpl-old:$PWD python tools/profile_forward.py    # refimpl from the old checkout
 
-It wraps every numba kernel of ``refimpl.engines.fast.kernels`` and the BLAS helpers of ``refimpl.engines.fast.encoder``
-that the checkout has, runs the forward ``--repeats`` times after a warm-up, and prints each
+It wraps the entry points of the fast engine's forward pass (the linear layers, fused attention,
+the LayerNorm kernels), runs the forward ``--repeats`` times after a warm-up, and prints each
 component's share, the total per batch and tokens/s (median over repeats).
 """
 
@@ -27,28 +27,25 @@ import numpy as np
 
 
 def wrap_all(times):
-    from numba.core.registry import CPUDispatcher
+    """Time every entry point of one forward pass: the linear layers, attention, the LayerNorm kernels."""
+    from refimpl.engines.fast import encoder
+    from refimpl.engines.fast.kernels import attention, norms
 
-    from refimpl.engines.fast import encoder as packed
-    from refimpl.engines.fast import kernels
-
-    def wrap(module, name):
+    def wrap(module, name, label=None):
         original = getattr(module, name)
 
         def timed(*args, **kwargs):
             start = time.perf_counter()
             result = original(*args, **kwargs)
-            times[name] += time.perf_counter() - start
+            times[label or name] += time.perf_counter() - start
             return result
 
         setattr(module, name, timed)
 
-    for name in dir(kernels):
-        if isinstance(getattr(kernels, name), CPUDispatcher) and not name.startswith("_"):
-            wrap(kernels, name)
-    for name in ("matmul_t", "sequence_attention", "attention_blas"):
-        if hasattr(packed, name):
-            wrap(packed, name)
+    wrap(encoder, "linear", "linear layers")
+    wrap(attention, "attention", "attention (fused)")
+    for name in ("bias_residual_layer_norm", "embeddings_layer_norm", "bias_gelu"):
+        wrap(norms, name)
 
 
 def main():
@@ -56,11 +53,15 @@ def main():
     parser.add_argument("--model", type=Path, help="default: the bench's klue-shaped model")
     parser.add_argument("--batch-one", action="store_true", help="one 16-token sentence instead of 32 sentences")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--compute", default="float32", choices=("float32", "int8", "bfloat16"))
     args = parser.parse_args()
-    from refimpl import SentenceTransformer, packed
+    from refimpl import SentenceTransformer
+    from refimpl.engines.fast import encoder
     from tools.common import klue_model
 
-    model = SentenceTransformer(klue_model(args.model))
+    model = SentenceTransformer(klue_model(args.model), compute=args.compute)
+    packed_layers = model.pipeline.transformer.engine().packed_layers()
+    print(model.engine_info)
     rng = np.random.default_rng(0)
     lengths = np.array([16]) if args.batch_one else np.clip(rng.lognormal(np.log(16), 0.45, 32), 5, 60).astype(int)
     tokens = int(lengths.sum())
@@ -69,7 +70,7 @@ def main():
     cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
     def forward():
-        packed.encoder(ids, types, cu, model.weights, model.config)
+        encoder.encoder(ids, types, cu, model.weights, model.config, packed_layers=packed_layers)
 
     forward()
     times = collections.defaultdict(float)
