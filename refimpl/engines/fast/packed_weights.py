@@ -14,6 +14,10 @@ corrupt one its SHA-256 (in the file's metadata), a stale one has another name. 
 rebuilt, saying so. A cache folder that cannot be written leaves the packed weights in memory.
 After packing, the checkpoint's own pages of those weights are dropped from memory
 (``madvise(MADV_DONTNEED)``), so no weight is resident twice.
+
+The packed copy is taken on the engine's first forward pass: a weight matrix replaced in
+``model.weights`` after that is not seen by the kernels (biases and LayerNorms are read live from
+the weights at every pass); load the model again instead.
 """
 
 from __future__ import annotations
