@@ -17,13 +17,8 @@ from refimpl.io import read_json
 
 DEFAULT_MODEL = "bespin-global/klue-sroberta-base-continue-learning-by-mnr"
 
-# Every file refimpl reads, or refuses a model for holding; a Hub download fetches these and nothing
-# else, at the root and in module sub-directories (1_Pooling/config.json, a Transformer in 0_Transformer/).
-_READ_FILES = [
-    "modules.json",
-    "config.json",
-    "config_sentence_transformers.json",
-    # sentence-transformers 6 reads the first non-empty one of these seven (load/transformer_config.py)
+# sentence-transformers 6 reads the first non-empty one of these seven (load/transformer_config.py)
+SBERT_CONFIG_NAMES = (
     "sentence_bert_config.json",
     "sentence_roberta_config.json",
     "sentence_distilbert_config.json",
@@ -31,6 +26,14 @@ _READ_FILES = [
     "sentence_albert_config.json",
     "sentence_xlm-roberta_config.json",
     "sentence_xlnet_config.json",
+)
+# Every file refimpl reads, or refuses a model for holding; a Hub download fetches these and nothing
+# else, at the root and in module sub-directories (1_Pooling/config.json, a Transformer in 0_Transformer/).
+_READ_FILES = [
+    "modules.json",
+    "config.json",
+    "config_sentence_transformers.json",
+    *SBERT_CONFIG_NAMES,
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",

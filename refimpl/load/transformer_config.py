@@ -19,18 +19,10 @@ from pathlib import Path
 from refimpl.errors import ModelFileError
 from refimpl.io import read_json_object
 from refimpl.load.config import HALF_PRECISION, EncoderConfig, Source, declared_dtype
+from refimpl.load.locate import SBERT_CONFIG_NAMES
 
 logger = logging.getLogger("refimpl")
 
-SBERT_CONFIG_NAMES = (
-    "sentence_bert_config.json",
-    "sentence_roberta_config.json",
-    "sentence_distilbert_config.json",
-    "sentence_camembert_config.json",
-    "sentence_albert_config.json",
-    "sentence_xlm-roberta_config.json",
-    "sentence_xlnet_config.json",
-)
 RENAMED = {"model_args": "model_kwargs", "tokenizer_args": "processor_kwargs", "config_args": "config_kwargs"}
 # the loader's own keys: sentence-transformers overwrites them in all three dicts
 LOADING_KEYS = ("subfolder", "token", "cache_dir", "revision", "local_files_only", "trust_remote_code")
