@@ -164,3 +164,31 @@ def test_generic_front_ends_float64_is_libm():
         want = np.empty_like(x32)
         _apply(getattr(mathf, name), {"reassoc", "contract"})(x32, want)
         assert [np.float32(f(v)[generic]) for v in x32] == list(want)
+
+
+def test_numpy_twin_is_bit_identical():
+    """kernels/reference.gelu_f32 (NumPy, correctly rounded fma) repeats mathf.gelu_f32 bit for bit,
+    so the matrix products' GELU store can be checked bit-exactly against NumPy."""
+    from refimpl.engines.fast.kernels import reference
+
+    rng = np.random.default_rng(0)
+    y = np.concatenate(
+        [
+            rng.standard_normal(400_000) * 3,
+            rng.uniform(-12, 12, 100_000),
+            rng.standard_normal(1000) * 1e-30,
+            np.linspace(-1.5, -1.4, 20001),  # around the erfc(-u) switch at u = -0.75
+            np.linspace(1.4, 1.45, 20001),  # and at u = 1
+            [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 8.4852, 8.4853, -8.4853, 3e38, -3e38],
+        ]
+    ).astype(np.float32)
+    ours = np.empty_like(y)
+    _apply(mathf.gelu_f32, set())(y, ours)
+    twin = reference.gelu_f32(y)
+    differ = ours.view(np.uint32) != twin.view(np.uint32)
+    differ &= ~(np.isnan(ours) & np.isnan(twin))
+    print(f"gelu_f32 numba vs NumPy twin: {int(differ.sum())} of {y.size} differ")
+    assert not differ.any(), y[differ][:10]
+    broken = twin.copy()
+    broken[7] = np.nextafter(broken[7], np.float32(np.inf))
+    assert (broken.view(np.uint32) != ours.view(np.uint32)).sum() == 1

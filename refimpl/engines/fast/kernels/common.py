@@ -9,7 +9,7 @@ twins in ``reference.py`` reproduce it exactly.
 import numpy as np
 from numba import njit, prange
 
-from refimpl.engines.fast.kernels.gelu import gelu_inplace
+from refimpl.engines.fast.kernels.mathf import gelu_f32
 
 NRP = 48  # packed panel width (columns) shared by all tiers
 
@@ -134,10 +134,12 @@ def epi_f32(T, nr, mr, nc, out, i0, j0, bias, gelu):
     for r in range(mr):
         o = out[i0 + r, j0 : j0 + nc]
         t = T[r * nr : r * nr + nc]
-        for j in range(nc):
-            o[j] = t[j] + b[j]
         if gelu:
-            gelu_inplace(o)
+            for j in range(nc):
+                o[j] = gelu_f32(t[j] + b[j])
+        else:
+            for j in range(nc):
+                o[j] = t[j] + b[j]
 
 
 @njit(inline="always", cache=True)
@@ -153,11 +155,14 @@ def epi_i8(T, nr, mr, nc, out, i0, j0, bias, sx, sw, colsum, corr, gelu):
         o = out[i0 + r, j0 : j0 + nc]
         t = T[r * nr : r * nr + nc]
         s = sx[i0 + r]
-        for j in range(nc):
-            acc = np.int32(t[j] - np.int32(corr) * cs[j])
-            o[j] = np.float32(acc) * (s * w[j]) + b[j]
         if gelu:
-            gelu_inplace(o)
+            for j in range(nc):
+                acc = np.int32(t[j] - np.int32(corr) * cs[j])
+                o[j] = gelu_f32(np.float32(acc) * (s * w[j]) + b[j])
+        else:
+            for j in range(nc):
+                acc = np.int32(t[j] - np.int32(corr) * cs[j])
+                o[j] = np.float32(acc) * (s * w[j]) + b[j]
 
 
 @njit(inline="always", cache=True)

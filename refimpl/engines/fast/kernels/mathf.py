@@ -60,20 +60,20 @@ _ZERO, _HALF, _ONE, _TWO = _F(0.0), _F(0.5), _F(1.0), _F(2.0)
 # first step exact), e^r = 1 + r + r^2 P(r) on |r| <= 0.3473, P of degree 4 (fit error 3.7e-9
 # relative), and 2^n added to the exponent bits (with a 2^+-64 factor so that subnormal and
 # overflowing results are rounded once, by an IEEE multiply).
-_EXP_P = (5.000000000e-01, 1.666653305e-01, 4.166724160e-02, 8.367614821e-03, 1.386366202e-03)
-_E0, _E1, _E2, _E3, _E4 = (_F(c) for c in _EXP_P)
-_LOG2E = _F(1.4426950408889634)
-_LN2_HI = _F(0.6931471805599453)
-_LN2_LO = _F(0.6931471805599453 - float(_LN2_HI))
+EXP_P = (5.000000000e-01, 1.666653305e-01, 4.166724160e-02, 8.367614821e-03, 1.386366202e-03)
+_E0, _E1, _E2, _E3, _E4 = (_F(c) for c in EXP_P)
+LOG2E = _F(1.4426950408889634)
+LN2_HI = _F(0.6931471805599453)
+LN2_LO = _F(0.6931471805599453 - float(LN2_HI))
 _EXP_LO, _EXP_HI = _F(-104.0), _F(89.0)  # exp(-104) < 2^-150 rounds to 0; exp(89) > FLT_MAX
 
 
 @_inline
 def _exp_reduced(x):
     """(e^r in [0.70, 1.42], n as int32) with exp(x) = e^r 2^n; x finite, |x| <= 104."""
-    n = np.floor(fma(x, _LOG2E, _HALF))
-    r = fma(n, -_LN2_HI, x)
-    r = fma(n, -_LN2_LO, r)
+    n = np.floor(fma(x, LOG2E, _HALF))
+    r = fma(n, -LN2_HI, x)
+    r = fma(n, -LN2_LO, r)
     p = fma(_E4, r, _E3)
     p = fma(p, r, _E2)
     p = fma(p, r, _E1)
@@ -141,7 +141,7 @@ def exp_f32_hp(x):
 # |x| <= 1:  erf(x) = x + x R(x^2), R of degree 6 (fit error 2.4e-9 relative)
 # |x| >  1:  erf(x) = sign(x) (1 - exp(Q(|x|))), Q ~ log erfc of degree 9 on [0.75, 6] (fit error
 #            3.4e-8 |Q|); erfc(t) < 2.2e-17 beyond 6, where erf is +-1 in float32.
-_ERF_R = (
+ERF_R = (
     1.283791661e-01,
     -3.761262596e-01,
     1.128358543e-01,
@@ -150,8 +150,8 @@ _ERF_R = (
     -8.010193706e-04,
     7.853862189e-05,
 )
-_R0, _R1, _R2, _R3, _R4, _R5, _R6 = (_F(c) for c in _ERF_R)
-_ERFC_Q = (
+_R0, _R1, _R2, _R3, _R4, _R5, _R6 = (_F(c) for c in ERF_R)
+ERFC_Q = (
     2.944767766e-04,
     -1.130186081e00,
     -6.317705512e-01,
@@ -163,10 +163,10 @@ _ERFC_Q = (
     3.255262982e-06,
     -7.985158135e-08,
 )
-_Q0, _Q1, _Q2, _Q3, _Q4, _Q5, _Q6, _Q7, _Q8, _Q9 = (_F(c) for c in _ERFC_Q)
-_ERF_SPLIT = _F(1.0)  # |x| above: the erfc form
-_ERFC_LO, _ERFC_HI = _F(0.75), _F(6.0)  # Q's fitted range
-_ONE_PLUS_ERF_SPLIT = _F(-0.75)  # 1 + erf(x) = erfc(-x) below this
+_Q0, _Q1, _Q2, _Q3, _Q4, _Q5, _Q6, _Q7, _Q8, _Q9 = (_F(c) for c in ERFC_Q)
+ERF_SPLIT = _F(1.0)  # |x| above: the erfc form
+ERFC_LO, ERFC_HI = _F(0.75), _F(6.0)  # Q's fitted range
+ONE_PLUS_ERF_SPLIT = _F(-0.75)  # 1 + erf(x) = erfc(-x) below this
 
 
 @_inline
@@ -184,8 +184,8 @@ def _erf_small(x):
 @_inline
 def _erfc_large(a):
     """erfc(a) for a >= 0.75 (a clamped to [0.75, 6]; 0 above 6), relative error ~ |Q| 2^-24."""
-    t = a if a > _ERFC_LO else _ERFC_LO
-    t = t if t < _ERFC_HI else _ERFC_HI
+    t = a if a > ERFC_LO else ERFC_LO
+    t = t if t < ERFC_HI else ERFC_HI
     q = fma(_Q9, t, _Q8)
     q = fma(q, t, _Q7)
     q = fma(q, t, _Q6)
@@ -196,7 +196,7 @@ def _erfc_large(a):
     q = fma(q, t, _Q1)
     q = fma(q, t, _Q0)  # in [-38, -0.9]
     e = exp_normal_f32(q)
-    return _ZERO if a > _ERFC_HI else e
+    return _ZERO if a > ERFC_HI else e
 
 
 @_inline
@@ -206,7 +206,7 @@ def erf_f32(x):
     small = _erf_small(x)
     large = _ONE - _erfc_large(a)
     large = large if x > _ZERO else -large
-    return large if a > _ERF_SPLIT else small  # NaN: the small branch, NaN
+    return large if a > ERF_SPLIT else small  # NaN: the small branch, NaN
 
 
 @_inline
@@ -215,14 +215,14 @@ def one_plus_erf_f32(x):
     a = abs(x)
     small = _erf_small(x) + _ONE
     e = _erfc_large(a)
-    if x > _ERF_SPLIT:
+    if x > ERF_SPLIT:
         return _TWO - e
-    if x < _ONE_PLUS_ERF_SPLIT:
+    if x < ONE_PLUS_ERF_SPLIT:
         return e
     return small  # NaN lands here
 
 
-_INV_SQRT2 = _F(0.7071067811865476)
+INV_SQRT2 = _F(0.7071067811865476)
 
 
 @_inline
@@ -234,7 +234,7 @@ def gelu_f32(y):
     Error vs float64: see tools/ulp_sweep.py and the report (dominated by the rounding of
     y / sqrt 2, as in torch's float32 GELU).
     """
-    return (_HALF * y) * one_plus_erf_f32(y * _INV_SQRT2)
+    return (_HALF * y) * one_plus_erf_f32(y * INV_SQRT2)
 
 
 # ---- dtype-generic front ends ------------------------------------------------------------------

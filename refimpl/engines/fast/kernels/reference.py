@@ -26,7 +26,7 @@ magnitude is then < 2^-126 become signed zeros.
 
 import numpy as np
 
-from refimpl.engines.fast.kernels.gelu import gelu32_numpy
+from refimpl.engines.fast.kernels import mathf
 from refimpl.engines.fast.kernels.packing import bf16_bits_to_f32, f32_to_bf16_bits, quantize_weight
 
 _TWO100 = np.float64(2.0**100)
@@ -60,12 +60,54 @@ def fma32(a, b, c, ftz=False):
     return np.where(tiny, np.copysign(np.float32(0), s).astype(np.float32), out).astype(np.float32)
 
 
+# ---- mathf.gelu_f32, step for step: the kernels' store applies it to every FFN-in output
+def _horner_fma(coefficients, t):
+    """fma Horner chain over float32 ``coefficients`` (highest degree last), as mathf writes it."""
+    c = [np.float32(v) for v in coefficients]
+    acc = fma32(c[-1], t, c[-2])
+    for v in reversed(c[:-2]):
+        acc = fma32(acc, t, v)
+    return acc
+
+
+def exp_normal_f32(x):
+    """mathf.exp_normal_f32: 2^n e^r with the exponent added to the bits (normal results only)."""
+    n = np.floor(fma32(x, mathf.LOG2E, np.float32(0.5)))
+    r = fma32(n, -mathf.LN2_HI, x)
+    r = fma32(n, -mathf.LN2_LO, r)
+    p = _horner_fma(mathf.EXP_P, r)
+    y = fma32(r, fma32(p, r, np.float32(1)), np.float32(1))
+    with np.errstate(invalid="ignore"):
+        k = n.astype(np.int32)
+    return (y.view(np.int32) + (k << 23)).view(np.float32)
+
+
+def one_plus_erf_f32(x):
+    """mathf.one_plus_erf_f32: 1 + erf(x), erfc(-x) below -0.75."""
+    with np.errstate(all="ignore"):
+        a = np.abs(x)
+        s = x * x
+        small = fma32(x, _horner_fma(mathf.ERF_R, s), x) + np.float32(1)
+        t = np.where(a > mathf.ERFC_LO, a, mathf.ERFC_LO)
+        t = np.where(t < mathf.ERFC_HI, t, mathf.ERFC_HI)
+        e = np.where(a > mathf.ERFC_HI, np.float32(0), exp_normal_f32(_horner_fma(mathf.ERFC_Q, t)))
+        r = np.where(x < mathf.ONE_PLUS_ERF_SPLIT, e, small)
+        return np.where(x > mathf.ERF_SPLIT, np.float32(2) - e, r).astype(np.float32)
+
+
+def gelu_f32(y):
+    """mathf.gelu_f32 in NumPy, bit for bit: (0.5 y) (1 + erf(y / sqrt 2))."""
+    y = np.asarray(y, np.float32)
+    with np.errstate(all="ignore"):
+        return ((np.float32(0.5) * y) * one_plus_erf_f32(y * mathf.INV_SQRT2)).astype(np.float32)
+
+
 def _finish(y, bias, gelu):
     if bias is not None:
         y = (y + np.asarray(bias, np.float32)[None, :]).astype(np.float32)
     else:
         y = (y + np.float32(0)).astype(np.float32)
-    return gelu32_numpy(y) if gelu else y
+    return gelu_f32(y) if gelu else y
 
 
 # ------------------------------------------------------------------ f32
