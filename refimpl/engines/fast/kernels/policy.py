@@ -9,8 +9,10 @@ core, can wait a whole scheduler slice (ms) for the descheduled worker.
 
 AUTO_PARALLEL:
 - None (default): allowed only when the environment makes numba's workers sleep instead of spin:
-  NUMBA_THREADING_LAYER=tbb or workqueue, or OMP_WAIT_POLICY=passive; and only above each
-  kernel's size threshold (attention.SERIAL_BELOW, norms.PARALLEL_MIN_ELEMENTS).
+  NUMBA_THREADING_LAYER=tbb or workqueue, OMP_WAIT_POLICY=passive, or GNU OpenMP with
+  GOMP_SPINCOUNT at most threads.DEFAULT_SPINCOUNT (what ``threads.ensure_configured`` sets, so
+  the default); and only above each kernel's size threshold (attention.SERIAL_BELOW,
+  norms.PARALLEL_MIN_ELEMENTS).
 - True / False: force on (above the thresholds) / off.
 Explicit ``parallel=True/False`` arguments and the ``*_parallel`` / ``*_serial`` builds ignore it.
 """
@@ -21,14 +23,27 @@ import os
 
 import numba
 
+from refimpl.engines.fast.kernels import threads
+
 AUTO_PARALLEL = None
+
+
+def _short_spin() -> bool:
+    """GNU OpenMP told to spin at most threads.DEFAULT_SPINCOUNT times (the policy ``threads``
+    applies): workers sleep after ~15 us, so they neither stall under load nor burn a core."""
+    if os.environ.get("OMP_WAIT_POLICY", "").lower() == "active":
+        return False
+    try:
+        return int(os.environ.get("GOMP_SPINCOUNT", "")) <= int(threads.DEFAULT_SPINCOUNT)
+    except ValueError:
+        return False
 
 
 def _environment_allows() -> bool:
     layer = str(numba.config.THREADING_LAYER).lower()
     if layer in ("tbb", "workqueue"):
         return True
-    return os.environ.get("OMP_WAIT_POLICY", "").lower() == "passive"
+    return os.environ.get("OMP_WAIT_POLICY", "").lower() == "passive" or _short_spin()
 
 
 def use_parallel(work: float, threshold: float) -> bool:
