@@ -1,0 +1,95 @@
+"""The rate of refimpl's packed matrix products alone, per mode and shape, hot in cache or streamed from DRAM.
+
+    python -m tools.product_rates                  # 494 rows (32 short sentences), every mode
+    python -m tools.product_rates --rows 17        # batch 1
+    python -m tools.product_rates --cold           # 12 layers of distinct weights, as a forward pass reads them
+    REFIMPL_KERNELS=avx2 python -m tools.product_rates
+
+Hot: each of one layer's shapes ([out, in] = 768x768, 3072x768 with the GELU store, 768x3072) runs
+15 times on the same weights; the best time gives GFLOP/s (GOPS for int8). Cold: the 72 products of
+12 layers, each with its own random weights (340 MB in float32: more than the caches), run in a
+forward pass's order; the median of 7 passes. Compare with ``python -m tools.peaks``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from refimpl.engines.fast.kernels import matmul
+
+SHAPES = [(768, 768), (3072, 768), (768, 3072)]  # [out, in]; the first four of a layer are 768x768
+PER_LAYER = (4, 1, 1)
+MODES = ("f32", "int8", "bf16")
+
+
+def layer_flops(rows):
+    return sum(2 * rows * n * k * count for (n, k), count in zip(SHAPES, PER_LAYER))
+
+
+def hot(mode, rows, rng):
+    rates, layer_seconds = [], 0.0
+    for (n, k), count in zip(SHAPES, PER_LAYER):
+        packed = matmul.pack(rng.standard_normal((n, k)).astype(np.float32) * 0.05, mode)
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32)
+        out = np.empty((rows, n), np.float32)
+        gelu = n == 3072
+        matmul.linear(x, packed, bias, gelu=gelu, out=out)
+        times = []
+        for _ in range(15):
+            start = time.perf_counter()
+            matmul.linear(x, packed, bias, gelu=gelu, out=out)
+            times.append(time.perf_counter() - start)
+        rates.append(f"{n}x{k} {2 * rows * n * k / min(times) / 1e9:.0f}")
+        layer_seconds += min(times) * count
+    return " | ".join(rates) + f" | one layer {layer_flops(rows) / layer_seconds / 1e9:.0f} in {layer_seconds * 1e3:.2f} ms"
+
+
+def cold(mode, rows, rng):
+    layers = [
+        [
+            (
+                matmul.pack(rng.standard_normal((n, k)).astype(np.float32) * 0.05, mode),
+                rng.standard_normal(n).astype(np.float32),
+            )
+            for (n, k), count in zip(SHAPES, PER_LAYER)
+            for _ in range(count)
+        ]
+        for _ in range(12)
+    ]
+    inputs = {k: rng.standard_normal((rows, k)).astype(np.float32) for k in (768, 3072)}
+    outputs = {n: np.empty((rows, n), np.float32) for n in (768, 3072)}
+
+    def forward():
+        for layer in layers:
+            for packed, bias in layer:
+                matmul.linear(inputs[packed.k], packed, bias, gelu=packed.n == 3072, out=outputs[packed.n])
+
+    forward()
+    times = []
+    for _ in range(7):
+        start = time.perf_counter()
+        forward()
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    return f"72 products {seconds * 1e3:.2f} ms, {12 * layer_flops(rows) / seconds / 1e9:.0f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=494)
+    parser.add_argument("--cold", action="store_true", help="12 layers of distinct weights instead of one, hot")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    args = parser.parse_args()
+    print(matmul.describe())
+    rng = np.random.default_rng(0)
+    for mode in args.modes:
+        print(f"{mode} rows {args.rows}, G/s:", (cold if args.cold else hot)(mode, args.rows, rng))
+
+
+if __name__ == "__main__":
+    main()
