@@ -46,11 +46,14 @@ def test_each_engine_implements_the_interface(model, name):
 
 
 def test_plans():
-    lengths = np.array([900, 800, 700, 10, 5])
+    budget = MAX_TOKENS_PER_FORWARD
+    lengths = np.array([budget * 9 // 20, budget * 8 // 20, budget * 7 // 20, 10, 5])
     reference, fast = ReferenceEngine.plan(None, lengths, 2), FastEngine.plan(None, lengths, 2)
     assert reference == [slice(0, 2), slice(2, 4), slice(4, 5)]
     assert fast == [slice(0, 2), slice(2, 5)]  # packs of at most MAX_TOKENS_PER_FORWARD tokens
-    assert all(lengths[s].sum() <= MAX_TOKENS_PER_FORWARD for s in fast)
+    assert all(lengths[s].sum() <= budget for s in fast)
+    longer = np.array([budget + 1, 3, 2])
+    assert FastEngine.plan(None, longer, 2) == [slice(0, 1), slice(1, 3)]  # a longer sentence goes alone
 
 
 @pytest.mark.parametrize("engine", ["fast", "reference"])

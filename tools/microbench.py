@@ -5,7 +5,7 @@
     python -m tools.microbench error-model    # the GELU kernel with numba's python and numpy error models
     python -m tools.microbench numba-gemm     # a register-blocked numba matrix product for small batches
     python -m tools.microbench mapped         # the forward pass on mmap'd against copied weights
-    python -m tools.microbench tokens         # tokens/s by sentences per forward pass
+    python -m tools.microbench pass-size      # sentences/s by the fast engine's tokens per forward pass
     python -m tools.microbench numba-rss      # what importing numba and loading a kernel add to RSS
 
 Run on an idle machine; each prints its measurements.
@@ -176,33 +176,25 @@ def mapped():
         print(f"{name} weights: median {statistics.median(values):.0f} tokens/s")
 
 
-def tokens():
-    from refimpl.batch import cu_seqlens_from_lengths
-    from refimpl.engines.fast import encoder as packed
+def pass_size():
+    """Sentences/s of encode() by the fast engine's token budget per forward pass, every mode."""
+    from refimpl import SentenceTransformer
+    from refimpl.engines import fast
+    from tools.bench import klue_sentences
 
-    model = _model()
-    ids, lengths = _batch(512)
-    results = {per: [] for per in (16, 32, 64, 128, 256)}
-    for _ in range(3):
-        for per, values in results.items():
-            start, offset = time.perf_counter(), 0
-            for first in range(0, len(lengths), per):
-                part = lengths[first : first + per]
-                n = part.sum()
-                packed.encoder(
-                    ids[offset : offset + n],
-                    np.zeros(n, np.int64),
-                    cu_seqlens_from_lengths(part),
-                    model.weights,
-                    model.config,
-                )
-                offset += n
-            values.append(lengths.sum() / (time.perf_counter() - start))
-    for per, values in results.items():
-        print(
-            f"{per:4d} sentences per forward (~{int(lengths.mean() * per)} tokens): "
-            f"median {statistics.median(values):.0f} tokens/s"
-        )
+    sentences = klue_sentences(512)
+    budgets = (512, 768, 1024, 1536, 2048)
+    for mode in ("float32", "int8", "bfloat16"):
+        model = SentenceTransformer(str(common.klue_model()), compute=mode)
+        model.encode(sentences[:64], batch_size=32)
+        results = {budget: [] for budget in budgets}
+        for _ in range(3):
+            for budget, values in results.items():
+                fast.MAX_TOKENS_PER_FORWARD = budget
+                start = time.perf_counter()
+                model.encode(sentences, batch_size=32)
+                values.append(len(sentences) / (time.perf_counter() - start))
+        print(mode, ", ".join(f"{b} tokens {statistics.median(v):.0f}" for b, v in results.items()), "sentences/s")
 
 
 def numba_rss():
@@ -244,7 +236,7 @@ def main():
         "error-model": error_model,
         "numba-gemm": numba_gemm,
         "mapped": mapped,
-        "tokens": tokens,
+        "pass-size": pass_size,
         "numba-rss": numba_rss,
     }
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

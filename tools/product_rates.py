@@ -46,7 +46,8 @@ def hot(mode, rows, rng):
             times.append(time.perf_counter() - start)
         rates.append(f"{n}x{k} {2 * rows * n * k / min(times) / 1e9:.0f}")
         layer_seconds += min(times) * count
-    return " | ".join(rates) + f" | one layer {layer_flops(rows) / layer_seconds / 1e9:.0f} in {layer_seconds * 1e3:.2f} ms"
+    layer = f"one layer {layer_flops(rows) / layer_seconds / 1e9:.0f} in {layer_seconds * 1e3:.2f} ms"
+    return " | ".join(rates) + " | " + layer
 
 
 def cold(mode, rows, rng):

@@ -14,11 +14,12 @@ from refimpl.batch import Encoded, token_budget_groups, unpack
 from refimpl.engines.base import EngineBase, check_indices, weights_dtype
 
 # Length-sorted sentences run in packs of up to this many tokens (a longer sentence goes alone),
-# whatever batch_size says: the products are faster on a few thousand rows than on the few hundred
-# of 32 short sentences, and activations stay bounded for any mix of lengths. Results do not depend
-# on it: packed sequences never see each other. docs/performance.md gives the measurement
-# (tools/microbench.py tokens).
-MAX_TOKENS_PER_FORWARD = 2048
+# whatever batch_size says: the products are faster on many rows than on the few hundred of 32 short
+# sentences, but past ~1,000 rows the activations (1,024 x 3,072 float32 = 12 MiB after the FFN's
+# first product) no longer fit the last-level cache beside the weights. Results do not depend on it:
+# packed sequences never see each other. docs/performance.md gives the measurement
+# (python -m tools.microbench pass-size).
+MAX_TOKENS_PER_FORWARD = 1024
 
 
 @dataclass
