@@ -31,6 +31,16 @@ def test_rows_alone_vs_batched(mode, tier):
         assert_bit_equal(
             api.linear(x[lo:hi], p, b, gelu=True, tier=tier), full[lo:hi], "%s/%s rows %d:%d" % (mode, tier, lo, hi)
         )
+    # across work items of rows: rows of a 600-row product alone and in other slices
+    tall = make_data(600, 96, K, seed=22)[0]
+    p_tall = api.pack(make_data(600, 96, K, seed=23)[1], mode)
+    whole = api.linear(tall, p_tall, None, gelu=True, tier=tier)
+    for lo, hi in ((255, 258), (500, 600), (0, 1), (511, 513)):
+        assert_bit_equal(
+            api.linear(tall[lo:hi], p_tall, None, gelu=True, tier=tier),
+            whole[lo:hi],
+            "%s/%s tall %d:%d" % (mode, tier, lo, hi),
+        )
     # the same sentence embedded among different neighbours
     other = make_data(40, N, K, seed=99)[0]
     mix = np.concatenate([other[:13], x[30:47], other[13:]], axis=0)

@@ -26,6 +26,8 @@ BIG = [
     (100, 3072, 4),
     (17, 15, 768),
     (1, 1, 3072),
+    (560, 100, 768),  # several work items of rows (avx512.MB = 256, avx2.MB = 48), the last one partial
+    (257, 48, 96),
 ]
 
 
