@@ -33,8 +33,7 @@ def _compiled_asm(mod, mode):
         args = (qa, sx, p["w"], p["scale"], p["colsum"], b, False, out)
     else:
         args = (mod.prepare_bf16(x, p["w"].shape[1] * 2), p["w"], b, False, out)
-    if mod is avx512:
-        args += (avx512.MB,)  # the AVX-512 driver takes its rows per work item as an argument
+    args += (mod.MB,)  # the drivers take their rows per work item as an argument
     g(*args)
     return g.inspect_asm(g.signatures[0])
 
