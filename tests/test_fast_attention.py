@@ -244,3 +244,22 @@ def test_policy_picks_the_driver(monkeypatch):
     monkeypatch.setenv("GOMP_SPINCOUNT", "1000")  # what threads.ensure_configured sets
     attention(q, k, v, cu, 12, 0.125)
     assert calls[-1] == ("parallel" if numba.get_num_threads() > 1 else "serial"), "short spins: parallel"
+
+
+def test_no_short_spin_parallelism_beside_blas_products(monkeypatch):
+    """With the products on OpenBLAS (its threads spin after each product), GNU OpenMP's short spins do
+    not make attention's parallel driver safe: the encoder marks such passes (policy.products_on_blas)."""
+    from refimpl.engines.fast import encoder
+    from refimpl.engines.fast.kernels import policy
+
+    monkeypatch.setattr(policy, "AUTO_PARALLEL", None)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(numba.config, "THREADING_LAYER", "omp")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "1000")
+    if numba.get_num_threads() < 2:
+        pytest.skip("one thread: nothing to run in parallel")
+    assert policy.use_parallel(1e9, 1.0)
+    with policy.products_on_blas():
+        assert not policy.use_parallel(1e9, 1.0)
+    assert policy.use_parallel(1e9, 1.0)
+    assert encoder._products_on_blas(None) and encoder._products_on_blas([{}])

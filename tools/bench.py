@@ -363,13 +363,27 @@ def floor_seconds(spec, tokens, peaks):
     return tokens * LINEAR_OPS_PER_TOKEN / (peak * 1e9) if peak else None
 
 
+def command_line():
+    """This run's arguments, without --write and its file (what reproduces the table)."""
+    words, skip = [], False
+    for word in sys.argv[1:]:
+        if skip or word.startswith("--write="):
+            skip = False
+            continue
+        if word == "--write":
+            skip = True
+            continue
+        words.append(word)
+    return " ".join(words)
+
+
 def render(results, data, peaks, args, busy_before, busy_after, repeats, model_dir):
     tok_a, tok_b = data["a_tokens"], data["b_tokens"]
     base = {"float32": "onnxruntime-fp32", "int8": "onnxruntime-int8", "bfloat16": "openvino-bf16"}
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} cores), {args.threads} threads for "
         f"every engine, medians of {repeats} alternating repeats; other load: {busy_before:.0%} before, "
-        f"{busy_after:.0%} after. Command: `python -m tools.bench{' --quick' if args.quick else ''}`. "
+        f"{busy_after:.0%} after. Command: `python -m tools.bench {command_line()}`. "
         f"{blas_description()}.",
         "",
         f"Machine peaks measured by `python -m tools.peaks`: fp32 FMA {peaks.get('fp32_gflops', 0):.0f} GFLOP/s, "

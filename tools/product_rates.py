@@ -4,11 +4,14 @@
     python -m tools.product_rates --rows 17        # batch 1
     python -m tools.product_rates --cold           # 12 layers of distinct weights, as a forward pass reads them
     REFIMPL_KERNELS=avx2 python -m tools.product_rates
+    python -m tools.product_rates --cold --rows 1000 --mb 64 256    # rows per work item, side by side
 
 Hot: each of one layer's shapes ([out, in] = 768x768, 3072x768 with the GELU store, 768x3072) runs
 15 times on the same weights; the best time gives GFLOP/s (GOPS for int8). Cold: the 72 products of
 12 layers, each with its own random weights (340 MB in float32: more than the caches), run in a
-forward pass's order; the median of 7 passes. Compare with ``python -m tools.peaks``.
+forward pass's order; the median of 7 passes. ``--mb`` (with ``--cold``) runs the passes with each
+given number of rows per work item in turn, in one process, so that the machine's drift hits every
+value alike. Compare with ``python -m tools.peaks``.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def hot(mode, rows, rng):
     return " | ".join(rates) + " | " + layer
 
 
-def cold(mode, rows, rng):
+def cold(mode, rows, rng, rows_per_item=()):
     layers = [
         [
             (
@@ -70,6 +73,21 @@ def cold(mode, rows, rng):
             for packed, bias in layer:
                 matmul.linear(inputs[packed.k], packed, bias, gelu=packed.n == 3072, out=outputs[packed.n])
 
+    if rows_per_item:
+        module = matmul.kernel_for(mode)[1]
+        default, times = module.MB, {mb: [] for mb in rows_per_item}
+        try:
+            for repeat in range(6):
+                for mb, values in times.items():
+                    module.MB = mb
+                    start = time.perf_counter()
+                    forward()
+                    if repeat:  # the first round warms up
+                        values.append(time.perf_counter() - start)
+        finally:
+            module.MB = default
+        flops = 12 * layer_flops(rows)
+        return ", ".join(f"MB {mb}: {flops / statistics.median(v) / 1e9:.0f}" for mb, v in times.items())
     forward()
     times = []
     for _ in range(7):
@@ -85,11 +103,15 @@ def main():
     parser.add_argument("--rows", type=int, default=494)
     parser.add_argument("--cold", action="store_true", help="12 layers of distinct weights instead of one, hot")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--mb", type=int, nargs="+", default=(), help="rows per work item to compare (with --cold)")
     args = parser.parse_args()
+    if args.mb and not args.cold:
+        parser.error("--mb compares rows per work item on the --cold passes")
     print(matmul.describe())
     rng = np.random.default_rng(0)
     for mode in args.modes:
-        print(f"{mode} rows {args.rows}, G/s:", (cold if args.cold else hot)(mode, args.rows, rng))
+        result = cold(mode, args.rows, rng, args.mb) if args.cold else hot(mode, args.rows, rng)
+        print(f"{mode} rows {args.rows}, G/s:", result)
 
 
 if __name__ == "__main__":

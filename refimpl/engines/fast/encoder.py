@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refimpl.engines.fast.kernels import norms
+from refimpl.engines.fast.kernels import norms, policy
 from refimpl.load.config import EncoderConfig
 
 
@@ -147,14 +147,25 @@ def encoder(
     """The last hidden state of every real token, [N, H]; optionally every layer's, and every
     layer's attention probabilities as one [nh, L, L] array per sequence (no padding).
     ``packed_layers``: per layer, its linear layers packed for refimpl's kernels (None: BLAS)."""
-    x = embeddings(input_ids, token_type_ids, cu_seqlens, weights["embeddings"], config)
-    hidden_states = [x] if output_hidden_states else None  # kept only when asked: 13 x [N, H]
-    attentions = [] if output_attentions else None
-    for index, layer_weights in enumerate(weights["encoder"]["layer"]):
-        packed = packed_layers[index] if packed_layers is not None else None
-        x, probabilities = layer(x, cu_seqlens, layer_weights, config, output_attentions, packed)
-        if output_hidden_states:
-            hidden_states.append(x)
-        if output_attentions:
-            attentions.append(probabilities)
+    with policy.products_on_blas(_products_on_blas(packed_layers)):
+        x = embeddings(input_ids, token_type_ids, cu_seqlens, weights["embeddings"], config)
+        hidden_states = [x] if output_hidden_states else None  # kept only when asked: 13 x [N, H]
+        attentions = [] if output_attentions else None
+        for index, layer_weights in enumerate(weights["encoder"]["layer"]):
+            packed = packed_layers[index] if packed_layers is not None else None
+            x, probabilities = layer(x, cu_seqlens, layer_weights, config, output_attentions, packed)
+            if output_hidden_states:
+                hidden_states.append(x)
+            if output_attentions:
+                attentions.append(probabilities)
     return x, hidden_states, attentions
+
+
+def _products_on_blas(packed_layers) -> bool:
+    """True when this pass's products run through OpenBLAS: no packed weights, or the BLAS tier."""
+    first = next(iter(packed_layers[0].values()), None) if packed_layers else None
+    if first is None:
+        return True
+    from refimpl.engines.fast.kernels.matmul import kernel_for
+
+    return kernel_for(first.mode)[0].tier == "blas"

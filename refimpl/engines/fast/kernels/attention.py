@@ -24,7 +24,8 @@ time from a shared atomic counter (``lanes.atomic_add``), so a thread that start
 descheduled takes fewer pairs instead of stalling the others (see bench.py, "under load").
 Scratch is allocated once per call, per thread. Below ``SERIAL_BELOW`` work (in L^2 d units)
 the serial driver runs (no parallel region at all: its wake-up costs more than the work), and
-by default only with a non-spinning threading layer (``policy``).
+by default only when numba's workers do not spin for long and OpenBLAS is not running the
+products (``policy``).
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ NRP = C.NRP  # 48: packed panel width
 NR = 16  # sub-panel width of the microkernels
 NSUB = NRP // NR
 MR_F32, MR_I8, MR_BF16 = 6, 4, 5
-MB = 48  # rows per work item, passed to the kernels by the glue below (96 no faster, 192 5-8% slower here)
+# rows per work item (at most), passed by the glue; REFIMPL_KERNELS=avx2 python -m tools.product_rates
+# --cold --rows 1000 --mb 48 96 192: 96 no faster, 192 slower
+MB = 48
 KC = 256  # k steps per cache block
 PF_BYTES = 16384  # software prefetch distance (in the 192-byte-stride panel) ...
 PF_TILES = 3  # ... in the first PF_TILES tile passes over a B block
@@ -231,16 +233,20 @@ def prepare_bf16(x, kp2, parallel=True):
 
 
 def linear_f32(x, packed, bias, gelu, out, parallel=True):
-    (gemm_f32 if parallel else gemm_f32_serial)(x, packed["w"], bias, gelu, out, MB)
+    mb = C.block_rows(out.shape[0], MB, MR_F32)
+    (gemm_f32 if parallel else gemm_f32_serial)(x, packed["w"], bias, gelu, out, mb)
 
 
 def linear_int8(x, packed, bias, gelu, out, parallel=True):
     w = packed["w"]
     qa, sx = prepare_int8(x, w.shape[1] * 4, parallel)
-    (gemm_int8 if parallel else gemm_int8_serial)(qa, sx, w, packed["scale"], packed["colsum"], bias, gelu, out, MB)
+    (gemm_int8 if parallel else gemm_int8_serial)(
+        qa, sx, w, packed["scale"], packed["colsum"], bias, gelu, out, C.block_rows(out.shape[0], MB, MR_I8)
+    )
 
 
 def linear_bf16(x, packed, bias, gelu, out, parallel=True):
     w = packed["w"]
     xa = prepare_bf16(x, w.shape[1] * 2, parallel)
-    (gemm_bf16 if parallel else gemm_bf16_serial)(xa, w, bias, gelu, out, MB)
+    mb = C.block_rows(out.shape[0], MB, MR_BF16)
+    (gemm_bf16 if parallel else gemm_bf16_serial)(xa, w, bias, gelu, out, mb)

@@ -26,9 +26,9 @@ from refimpl.engines.fast.kernels.intrinsics import PREFETCH_FLAG, make_microker
 
 NR = 48
 MR = 8
-# rows per work item, passed to the kernels by the glue below (so one process can compare values):
-# 256 against 64 measured +1-3% float32, +3-4% int8, +3-5% bf16 at 494-1,000 rows, 12 layers of
-# distinct weights (each B panel serves 4x more rows per trip from L3); 512 no better
+# rows per work item (at most; common.block_rows splits M into equal blocks), passed to the kernels
+# by the glue below. 256 against 64, side by side in one process (python -m tools.product_rates
+# --cold --rows R --mb 64 256): 494 rows float32 +7%, int8 +6%, bf16 +6%; 1,000 rows +1-2%, bf16 0
 MB = 256
 KC = 192  # k steps per cache block (B block = 192*192 B = 36 KB, in L1)
 PF_BYTES = 16384  # software prefetch distance (bytes of B ahead) ...
@@ -226,16 +226,20 @@ def prepare_bf16(x, kp2, parallel=True):
 
 
 def linear_f32(x, packed, bias, gelu, out, parallel=True):
-    (gemm_f32 if parallel else gemm_f32_serial)(x, packed["w"], bias, gelu, out, MB)
+    mb = C.block_rows(out.shape[0], MB, MR)
+    (gemm_f32 if parallel else gemm_f32_serial)(x, packed["w"], bias, gelu, out, mb)
 
 
 def linear_int8(x, packed, bias, gelu, out, parallel=True):
     w = packed["w"]
     qa, sx = prepare_int8(x, w.shape[1] * 4, parallel)
-    (gemm_int8 if parallel else gemm_int8_serial)(qa, sx, w, packed["scale"], packed["colsum"], bias, gelu, out, MB)
+    (gemm_int8 if parallel else gemm_int8_serial)(
+        qa, sx, w, packed["scale"], packed["colsum"], bias, gelu, out, C.block_rows(out.shape[0], MB, MR)
+    )
 
 
 def linear_bf16(x, packed, bias, gelu, out, parallel=True):
     w = packed["w"]
     xa = prepare_bf16(x, w.shape[1] * 2, parallel)
-    (gemm_bf16 if parallel else gemm_bf16_serial)(xa, w, bias, gelu, out, MB)
+    mb = C.block_rows(out.shape[0], MB, MR)
+    (gemm_bf16 if parallel else gemm_bf16_serial)(xa, w, bias, gelu, out, mb)

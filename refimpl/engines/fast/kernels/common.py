@@ -165,6 +165,16 @@ def epi_i8(T, nr, mr, nc, out, i0, j0, bias, sx, sw, colsum, corr, gelu):
                 o[j] = np.float32(acc) * (s * w[j]) + b[j]
 
 
+def block_rows(rows, most, multiple):
+    """Rows per work item for an [rows, K] product: ceil(rows / most) near-equal blocks, each rounded up
+    to a multiple of the register tile's height (``most`` is one). prange hands each thread a
+    contiguous half of the items, so equal blocks keep both cores busy: 257 rows in blocks of 256
+    would leave one thread a single row per panel. (Plain Python: called by the drivers' glue.)"""
+    blocks = -(-rows // most)
+    per = -(-rows // blocks)
+    return -(-per // multiple) * multiple
+
+
 @njit(inline="always", cache=True)
 def tile_rows(rows, mr_max, t):
     """Balanced split of ``rows`` into ceil(rows/mr_max) tiles; returns

@@ -28,7 +28,8 @@ gelu_f32           [0, 10]       1.69 ulp     max absolute error on [-10, 10]: 3
 =================  ============  ===========  ===============================================
 
 Cost on this host (AVX-512, one core, loop over 512 floats): exp_f32 0.19 ns/element, exp_f32_hp
-0.34, erf_f32 and gelu_f32 0.40-0.42 (kernels.py's rational GELU 0.16, with 3.7e-7 erf error).
+0.34, erf_f32 and gelu_f32 0.40-0.42 (the BLAS engine's rational GELU, tests/baseline/kernels.py: 0.16,
+with 3.7e-7 erf error).
 
 Special values: exp(NaN) = NaN, exp(+inf) = +inf, exp(-inf) = 0, exp(x > 88.73) = +inf,
 exp(x < -103.98) = 0; erf(NaN) = NaN, erf(+-inf) = +-1; gelu(NaN) = NaN, gelu(+inf) = +inf,
@@ -274,4 +275,4 @@ def _erf_by_dtype(x):
 def _gelu_by_dtype(y):
     if y == types.float32:
         return lambda y: gelu_f32(y)
-    return lambda y: 0.5 * y * (1.0 + math.erf(y / math.sqrt(2.0)))  # kernels.gelu_erf, unchanged
+    return lambda y: 0.5 * y * (1.0 + math.erf(y / math.sqrt(2.0)))  # libm's erf, as the BLAS engine's float64 GELU

@@ -5,7 +5,8 @@ semantics), each in two builds with identical per-row arithmetic:
 - ``*_serial``: single-threaded, ``nogil`` (what kernels.py does today);
 - ``*_parallel``: ``parallel=True``, ``prange`` over rows;
 - the un-suffixed function picks one by size (``PARALLEL_MIN_ELEMENTS``), thread count and
-  ``policy.AUTO_PARALLEL`` (default: parallel only with a non-spinning threading layer).
+  ``policy.AUTO_PARALLEL`` (default: parallel unless numba's workers would spin for long, or beside
+  OpenBLAS's threads: ``policy``).
 
 Arithmetic. Every row is computed by the same code whatever thread runs it, and the two sums of
 LayerNorm (mean, then mean and variance of the centred row) are fixed-order vector reductions
@@ -150,6 +151,25 @@ def bias_gelu_parallel(h, bias):
         _bias_gelu_row(h, bias, i)
 
 
+@njit(inline="always", **_opts)
+def _gelu_row(h, i):
+    row = h[i]
+    for j in range(row.shape[0]):
+        row[j] = mathf.gelu(row[j])
+
+
+@njit(**_opts)
+def gelu_serial(h):
+    for i in range(h.shape[0]):
+        _gelu_row(h, i)
+
+
+@njit(parallel=True, **_opts)
+def gelu_parallel(h):
+    for i in prange(h.shape[0]):
+        _gelu_row(h, i)
+
+
 def _parallel(elements):
     return policy.use_parallel(elements, PARALLEL_MIN_ELEMENTS)
 
@@ -182,3 +202,9 @@ def bias_gelu(h, bias):
     """h = gelu(h + bias) in place (kernels.bias_gelu)."""
     kernel = bias_gelu_parallel if _parallel(h.size) else bias_gelu_serial
     kernel(h, bias)
+
+
+def gelu(h):
+    """h = gelu(h) in place, no bias (the BLAS tier's store, whose bias is already added)."""
+    kernel = gelu_parallel if _parallel(h.size) else gelu_serial
+    kernel(h)

@@ -11,7 +11,9 @@ AUTO_PARALLEL:
 - None (default): allowed only when the environment makes numba's workers sleep instead of spin:
   NUMBA_THREADING_LAYER=tbb or workqueue, OMP_WAIT_POLICY=passive, or GNU OpenMP with
   GOMP_SPINCOUNT at most threads.DEFAULT_SPINCOUNT (what ``threads.ensure_configured`` sets, so
-  the default); and only above each kernel's size threshold (attention.SERIAL_BELOW,
+  the default) unless the products run through OpenBLAS (``products_on_blas``; libgomp reads the
+  variable when it loads, so a spin count set after another library loaded it is not seen); and
+  only above each kernel's size threshold (attention.SERIAL_BELOW,
   norms.PARALLEL_MIN_ELEMENTS).
 - True / False: force on (above the thresholds) / off.
 Explicit ``parallel=True/False`` arguments and the ``*_parallel`` / ``*_serial`` builds ignore it.
@@ -19,13 +21,29 @@ Explicit ``parallel=True/False`` arguments and the ``*_parallel`` / ``*_serial``
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 
 import numba
 
 from refimpl.engines.fast.kernels import threads
 
 AUTO_PARALLEL = None
+_forward = threading.local()
+
+
+@contextlib.contextmanager
+def products_on_blas(on: bool = True):
+    """While a forward pass runs its products through OpenBLAS (float64, the BLAS tier, no packed
+    weights), GNU OpenMP's short spins do not make a parallel region safe: OpenBLAS's own threads
+    spin after every product and would fight numba's workers for the two cores."""
+    previous = getattr(_forward, "blas", False)
+    _forward.blas = on
+    try:
+        yield
+    finally:
+        _forward.blas = previous
 
 
 def _short_spin() -> bool:
@@ -43,7 +61,9 @@ def _environment_allows() -> bool:
     layer = str(numba.config.THREADING_LAYER).lower()
     if layer in ("tbb", "workqueue"):
         return True
-    return os.environ.get("OMP_WAIT_POLICY", "").lower() == "passive" or _short_spin()
+    if os.environ.get("OMP_WAIT_POLICY", "").lower() == "passive":
+        return True
+    return _short_spin() and not getattr(_forward, "blas", False)
 
 
 def use_parallel(work: float, threshold: float) -> bool:

@@ -79,7 +79,7 @@ def exp_normal_f32(x):
     y = fma32(r, fma32(p, r, np.float32(1)), np.float32(1))
     with np.errstate(invalid="ignore"):
         k = n.astype(np.int32)
-    return (y.view(np.int32) + (k << 23)).view(np.float32)
+    return (y.view(np.int32) + (k << np.int32(23))).view(np.float32)
 
 
 def one_plus_erf_f32(x):
