@@ -87,6 +87,7 @@ def main():
     for name, seconds in sorted(times.items(), key=lambda item: -item[1]):
         print(f"  {name:28s} {seconds / total:6.1%} {seconds / args.repeats * 1e3:8.1f} ms")
     median = statistics.median(totals)
+    print(f"mean {total / args.repeats * 1e3:.1f} ms per forward (the components are means too)")
     print(f"median {median * 1e3:.1f} ms per forward, {tokens / median:.0f} tokens/s")
 
 
