@@ -167,7 +167,8 @@ def epi_i8(T, nr, mr, nc, out, i0, j0, bias, sx, sw, colsum, corr, gelu):
 
 def block_rows(rows, most, multiple):
     """Rows per work item for an [rows, K] product: ceil(rows / most) near-equal blocks, each rounded up
-    to a multiple of the register tile's height (``most`` is one). prange hands each thread a
+    to a multiple of the register tile's height (so a block may exceed ``most`` by less than one
+    tile). prange hands each thread a
     contiguous half of the items, so equal blocks keep both cores busy: 257 rows in blocks of 256
     would leave one thread a single row per panel. (Plain Python: called by the drivers' glue.)"""
     blocks = -(-rows // most)
