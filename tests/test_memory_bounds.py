@@ -247,3 +247,54 @@ def test_an_nfkc_expansion_into_several_words_is_not_split():
 def test_the_cut_text_gives_the_same_truncated_tokens(kind, pieces, max_length):
     """Any text, cut with a small window so that the rules run on short texts: the same truncated tokens."""
     same_truncated_tokens(random_text_tokenizer(kind), "".join(pieces), max_length, 16)
+
+
+def test_packed_checkpoint_pages_are_released(tmp_path):
+    """A packed weight's pages in the mapped checkpoint leave memory (madvise), and read back right."""
+    from refimpl.engines.fast.packed_weights import release_tensor_pages
+    from refimpl.formats.safetensors import read_safetensors_with_metadata, write_safetensors
+    from tools.common import rss_mb
+
+    rng = np.random.default_rng(0)
+    original = {f"w{i}": rng.standard_normal((1024, 4096), dtype=np.float32) for i in range(4)}  # 64 MiB
+    write_safetensors(original, tmp_path / "model.safetensors")
+    tensors, _ = read_safetensors_with_metadata(tmp_path / "model.safetensors")
+    mapped = {name: tensor.stored() for name, tensor in tensors.items()}
+    del original
+    before = rss_mb()
+    checksums = {name: float(array.sum(dtype=np.float64)) for name, array in mapped.items()}  # touch every page
+    touched = rss_mb()
+    for array in mapped.values():
+        release_tensor_pages(array)
+    released = rss_mb()
+    print(f"RSS {before:.0f} MiB, after touching 64 MiB {touched:.0f}, after releasing {released:.0f}")
+    assert touched - before > 48, "reading the mapped tensors should have made them resident"
+    assert touched - released > 48, "release_tensor_pages left the pages resident"
+    assert {name: float(array.sum(dtype=np.float64)) for name, array in mapped.items()} == checksums
+    release_tensor_pages(np.zeros(10, np.float32))  # an array that is not mapped: nothing to do
+
+
+def test_streamed_safetensors_file_reads_back_in_the_library(tmp_path):
+    """write_safetensors streams its arrays; safetensors' own loader reads every dtype back."""
+    from safetensors.numpy import load_file
+
+    from refimpl.formats.safetensors import write_safetensors
+
+    arrays = {
+        "f32": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "f64": np.linspace(0, 1, 5),
+        "i8": np.array([-127, 0, 127], np.int8),
+        "u8": np.array([0, 255], np.uint8),
+        "u16": np.arange(7, dtype=np.uint16),
+        "i32": np.array([-(2**31), 2**31 - 1], np.int32),
+        "i64": np.array([[1, 2], [3, 4]], np.int64),
+        "empty": np.zeros((0, 3), np.float32),
+        "big_endian": np.arange(4, dtype=">f4"),
+        "strided": np.arange(20, dtype=np.float32).reshape(4, 5)[:, ::2],
+    }
+    write_safetensors(arrays, tmp_path / "t.safetensors", metadata={"note": "x"})
+    back = load_file(tmp_path / "t.safetensors")
+    for name, array in arrays.items():
+        assert back[name].shape == array.shape and np.array_equal(back[name], array), name
+    with pytest.raises(ValueError, match="complex64"):
+        write_safetensors({"c": np.zeros(2, np.complex64)}, tmp_path / "c.safetensors")

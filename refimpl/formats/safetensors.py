@@ -199,11 +199,31 @@ def _check_entry(path, name, entry, data_start, data_size, buffer) -> StoredTens
 
 
 def write_safetensors(tensors: dict[str, np.ndarray], path, metadata: dict[str, str] | None = None) -> Path:
-    """Write NumPy arrays as a safetensors file, atomically (the safetensors library lays out the bytes)."""
-    from safetensors.numpy import save
+    """Write NumPy arrays as a safetensors file, atomically, streaming each array's bytes to the file
+    (safetensors' own ``save`` builds the whole file in memory first: 3x the weights at peak)."""
+    import json
 
     from refimpl.io import write_atomically
 
-    data = save({name: np.ascontiguousarray(array) for name, array in tensors.items()}, metadata=metadata)
-    write_atomically(path, lambda handle: handle.write(data))
+    codes = {numpy_dtype: code for code, (_, numpy_dtype) in SAFETENSORS_DTYPES.items() if numpy_dtype is not None}
+    arrays = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+    header, offset = {}, 0
+    for name, array in arrays.items():
+        code = codes.get(array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype)
+        if code is None:
+            raise ValueError(f"{path}: tensor {name!r} has dtype {array.dtype}, which safetensors cannot store")
+        header[name] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    if metadata:
+        header["__metadata__"] = {str(key): str(value) for key, value in metadata.items()}
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+
+    def write(handle):
+        handle.write(len(encoded).to_bytes(8, "little"))
+        handle.write(encoded)
+        for array in arrays.values():
+            handle.write(array.astype(array.dtype.newbyteorder("<"), copy=False).data if array.size else b"")
+
+    write_atomically(path, write)
     return Path(path)

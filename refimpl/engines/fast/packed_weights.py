@@ -12,8 +12,9 @@ Later loads map that file read-only (the pages are shared between processes, Das
 included) and check it: a truncated file fails the layout check of ``formats.safetensors``, a
 corrupt one its SHA-256 (in the file's metadata), a stale one has another name. Either way it is
 rebuilt, saying so. A cache folder that cannot be written leaves the packed weights in memory.
-After packing, the checkpoint's own pages of those weights are dropped from memory
-(``madvise(MADV_DONTNEED)``), so no weight is resident twice.
+Each weight's pages in the mapped checkpoint are dropped from memory as soon as it is packed
+(``madvise(MADV_DONTNEED)``), and the packed copy in memory is freed before the cache file is
+mapped, so no weight is resident twice, not even while packing.
 
 The packed copy is taken on the engine's first forward pass: a weight matrix replaced in
 ``model.weights`` after that is not seen by the kernels (biases and LayerNorms are read live from
@@ -60,9 +61,32 @@ def pack_all(weights: dict, mode: str) -> dict[str, np.ndarray]:
     arrays = {}
     for index, layer in enumerate(weights["encoder"]["layer"]):
         for name in LINEARS:
-            packed = pack(sub_dict(layer, name)["weight"], MODES[mode])
+            weight = sub_dict(layer, name)["weight"]
+            packed = pack(weight, MODES[mode])
             arrays.update(packed.to_dict(prefix=f"layer.{index}.{name}."))
+            release_tensor_pages(weight)  # its packed copy replaces it: never both for the whole model
     return arrays
+
+
+def _mapping_of(tensor: np.ndarray):
+    """The mmap a checkpoint tensor is a view of (through NumPy views and a memoryview), or None."""
+    base = tensor
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return base if isinstance(base, mmap.mmap) and hasattr(base, "madvise") else None
+
+
+def release_tensor_pages(tensor: np.ndarray):
+    """Drop the resident pages of one tensor of the read-only mapped checkpoint (a page it shares with
+    a neighbour is read back from the file when the neighbour is used). No-op for other arrays."""
+    mapping = _mapping_of(tensor)
+    if mapping is None or tensor.nbytes == 0:
+        return
+    start = tensor.ctypes.data - np.frombuffer(mapping, np.uint8, count=1).ctypes.data
+    first = start // mmap.PAGESIZE * mmap.PAGESIZE
+    mapping.madvise(mmap.MADV_DONTNEED, first, start + tensor.nbytes - first)
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:
@@ -125,24 +149,19 @@ def load_or_pack(weights: dict, mode: str, weights_file: Path | None, use_cache:
     if arrays is None:
         arrays = pack_all(weights, mode)
         if path is not None and _write_cache(path, arrays, weights_file):
-            arrays = _read_cache(path) or arrays  # the mapped copy: shared pages, the packed one is freed
+            arrays = None  # freed before the file is mapped and checked: one packed copy at a time
+            arrays = _read_cache(path) or pack_all(weights, mode)  # (unreadable just after writing: warned)
         release_checkpoint_pages(weights)
     prefixes = sorted({name.rsplit(".", 1)[0] + "." for name in arrays})
     return {prefix: PackedLinear.from_dict(arrays, prefix=prefix) for prefix in prefixes}
 
 
 def release_checkpoint_pages(weights: dict):
-    """Drop the pages of the mapped checkpoint that packing read: they are not needed again
-    (the packed copy is), and the kernel reads them back from the file if anything asks."""
+    """Drop every page of the mapped checkpoint that packing read: they are not needed again (the
+    packed copy is), and the kernel reads them back from the file if anything asks."""
     for layer in weights["encoder"]["layer"]:
         for name in LINEARS:
-            weight = sub_dict(layer, name)["weight"]
-            base = weight.base
-            while base is not None and not isinstance(base, mmap.mmap) and getattr(base, "base", None) is not None:
-                base = base.base
-            if isinstance(base, mmap.mmap) and hasattr(base, "madvise"):
-                base.madvise(mmap.MADV_DONTNEED)
-                return  # one mapping holds every tensor of the file
+            release_tensor_pages(sub_dict(layer, name)["weight"])
 
 
 def packed_layers(weights: dict, mode: str, weights_file: Path | None) -> list[dict]:
