@@ -213,23 +213,11 @@ def gemm_bf16_serial(xa, bb, bias, gelu, out, mb):
 
 def prepare_int8(x, kp, parallel=True):
     """Quantise activations for this module's int8 kernel -> (qa [M,kp] int8 = q, sx [M])."""
-    M = x.shape[0]
-    qa = np.empty((M, kp), np.int8)
-    sx = np.empty(M, np.float32)
-    if parallel and x.size >= C.SERIAL_BELOW:
-        C.quantize_rows(x, qa, sx, 0)
-    else:
-        C.quantize_rows_serial(x, qa, sx, 0)
-    return qa, sx
+    return C.int8_activations(x, kp, parallel, np.int8, 0)
 
 
 def prepare_bf16(x, kp2, parallel=True):
-    xa = np.empty((x.shape[0], kp2), np.float32)
-    if parallel and x.size >= C.SERIAL_BELOW:
-        C.bf16_rows_f32(x, xa)
-    else:
-        C.bf16_rows_f32_serial(x, xa)
-    return xa
+    return C.bf16_activations(x, kp2, parallel, as_float32=True)
 
 
 def linear_f32(x, packed, bias, gelu, out, parallel=True):

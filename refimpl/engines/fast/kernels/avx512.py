@@ -206,23 +206,11 @@ def gemm_bf16_serial(xa, bb, bias, gelu, out, mb):
 
 def prepare_int8(x, kp, parallel=True):
     """Quantise activations for this module's int8 kernel -> (qa [M,kp] uint8 = q+128, sx [M])."""
-    M = x.shape[0]
-    qa = np.empty((M, kp), np.uint8)
-    sx = np.empty(M, np.float32)
-    if parallel and x.size >= C.SERIAL_BELOW:
-        C.quantize_rows(x, qa, sx, 128)
-    else:
-        C.quantize_rows_serial(x, qa, sx, 128)
-    return qa, sx
+    return C.int8_activations(x, kp, parallel, np.uint8, 128)
 
 
 def prepare_bf16(x, kp2, parallel=True):
-    xa = np.empty((x.shape[0], kp2), np.uint16)
-    if parallel and x.size >= C.SERIAL_BELOW:
-        C.bf16_rows_u16(x, xa)
-    else:
-        C.bf16_rows_u16_serial(x, xa)
-    return xa
+    return C.bf16_activations(x, kp2, parallel, as_float32=False)
 
 
 def linear_f32(x, packed, bias, gelu, out, parallel=True):

@@ -126,6 +126,28 @@ def bf16_rows_f32_serial(x, out):
         _bf16_row_f32(x, i, out)
 
 
+def int8_activations(x, kp, parallel, dtype, offset):
+    """Quantised activations for an int8 kernel -> (q [M, kp] of ``dtype`` = q + ``offset``, sx [M]):
+    int8 with offset 0 (AVX2's sign trick), uint8 with 128 (VNNI's unsigned operand). Plain Python,
+    the tiers' glue calls it."""
+    qa = np.empty((x.shape[0], kp), dtype)
+    sx = np.empty(x.shape[0], np.float32)
+    (quantize_rows if parallel and x.size >= SERIAL_BELOW else quantize_rows_serial)(x, qa, sx, offset)
+    return qa, sx
+
+
+def bf16_activations(x, kp2, parallel, as_float32):
+    """bf16-rounded activations, zero padded to kp2 columns: float32 values (AVX2's emulation) or
+    uint16 bits (vdpbf16ps). Plain Python, the tiers' glue calls it."""
+    xa = np.empty((x.shape[0], kp2), np.float32 if as_float32 else np.uint16)
+    parallel = parallel and x.size >= SERIAL_BELOW
+    if as_float32:
+        (bf16_rows_f32 if parallel else bf16_rows_f32_serial)(x, xa)
+    else:
+        (bf16_rows_u16 if parallel else bf16_rows_u16_serial)(x, xa)
+    return xa
+
+
 # ------------------------------------------------------------- epilogues
 @njit(inline="always", cache=True)
 def epi_f32(T, nr, mr, nc, out, i0, j0, bias, gelu):
