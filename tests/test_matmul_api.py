@@ -5,7 +5,7 @@ import pytest
 
 from refimpl.engines.fast.kernels import matmul as api
 from refimpl.engines.fast.kernels import packing
-from tests.matmul_helpers import MODES, assert_bit_equal, make_data
+from tests.matmul_helpers import ALL_TIERS, MODES, assert_bit_equal, make_data, require_tier
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -129,3 +129,42 @@ def test_int8_quantize_numba_matches_numpy():
     qu = np.empty((50, 336), np.uint8)
     common.quantize_rows(x, qu, sx, 128)
     np.testing.assert_array_equal(qu.astype(np.int32) - 128, qa)
+
+
+@pytest.mark.parametrize("tier", ALL_TIERS)
+@pytest.mark.parametrize("mode", MODES)
+def test_activations_prepared_once_give_the_same_bits(mode, tier):
+    """Q, K and V share one quantised / rounded input: the products equal those that prepare their own."""
+    require_tier(tier)
+    x, W, b = make_data(37, 100, 70)
+    packed = [api.pack(W, mode), api.pack(W[::-1] * 1.5, mode)]  # two products of the same input
+    fresh = api.activations(x, packed[0], tier)
+    if mode == "f32" or tier == "blas":
+        assert fresh is None and api.activation_bytes(packed[0], 37, tier) == 0
+        return
+    scratch = np.full(api.activation_bytes(packed[0], 37, tier), 0xAB, np.uint8)  # stale bytes must not leak
+    on_scratch = api.activations(x, packed[0], tier, scratch=scratch)
+    assert np.shares_memory(on_scratch.arrays[0], scratch)
+    for p in packed:
+        alone = api.linear(x, p, b, gelu=True, tier=tier)
+        for prepared in (fresh, on_scratch):
+            assert_bit_equal(api.linear(x, p, b, gelu=True, tier=tier, activations=prepared), alone, mode + " " + tier)
+    other = api.activations(2 * x, packed[0], tier)  # the products read what they are given, not x
+    assert not np.array_equal(
+        api.linear(x, packed[0], b, tier=tier, activations=other), api.linear(x, packed[0], b, tier=tier)
+    )
+
+
+def test_activations_of_another_product_are_refused():
+    x, W, b = make_data(9, 40, 30)
+    int8, bf16 = api.pack(W, "int8"), api.pack(W, "bf16")
+    tier = api.kernel_for("int8")[0].tier
+    if tier == "blas":
+        pytest.skip("the BLAS tier prepares no activations")
+    prepared = api.activations(x, int8)
+    with pytest.raises(ValueError, match=r"activations prepared for int8 .* \[9, 30\], used for bf16"):
+        api.linear(x, bf16, b, activations=prepared)
+    with pytest.raises(ValueError, match=r"\[9, 30\], used for int8 on .*, \[8, 30\]"):
+        api.linear(x[:8], int8, b, activations=prepared)
+    with pytest.raises(ValueError, match="scratch of 10 bytes cannot hold"):
+        api.activations(x, int8, scratch=np.empty(10, np.uint8))

@@ -11,6 +11,8 @@ the result equals ``forward.encoder`` on the real tokens (tests/test_parity.py).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from refimpl.engines.fast.kernels import norms, policy
@@ -67,34 +69,100 @@ def matmul_t(x, weight):
     return np.matmul(x, weight.T)  # [N, in] -> [N, out]
 
 
-def linear(x, w, packed=None, with_bias=True, gelu=False):
+def linear(x, w, packed=None, with_bias=True, gelu=False, out=None, activations=None):
     """nn.Linear (x W^T [+ b]) and, for the FFN's first product, GELU: [N, in] -> [N, out].
 
     With the weight packed for refimpl's kernels (``packed``, a ``kernels.matmul.PackedLinear``) the
     bias and GELU are fused into the kernel's store; with BLAS they are one more pass. Without
-    ``with_bias`` the kernel that follows adds the bias."""
+    ``with_bias`` the kernel that follows adds the bias. ``out``: the [N, out] array to write
+    (else a new one); ``activations``: x already prepared for the kernels (``kernels.matmul.activations``)."""
     if packed is not None:
         from refimpl.engines.fast.kernels.matmul import linear as packed_linear
 
-        return packed_linear(x, packed, w["bias"] if with_bias else None, gelu=gelu)
+        bias = w["bias"] if with_bias else None
+        return packed_linear(x, packed, bias, gelu=gelu, out=out, activations=activations)
     y = matmul_t(x, w["weight"])
     if gelu:
         norms.bias_gelu(y, w["bias"])
     elif with_bias:
         y += w["bias"]
-    return y
+    if out is None:
+        return y
+    out[...] = y
+    return out
 
 
-def attention(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False, packed=None):
+class Scratch:
+    """The buffers of one forward pass, reused by every layer and by later passes that fit.
+
+    A new array of a few MB is mapped fresh from the system and costs a page fault for each 4 KB page
+    it touches: 3,200 faults, and 10 ms of an 80 ms int8 pass of 494 tokens, measured with
+    ``getrusage`` (docs/performance.md). One Scratch per thread (``scratch_for``), so passes on
+    different threads never share one. Layout, for N tokens of hidden size H and FFN size I:
+    ``qkvc`` holds Q, K, V and the attention context, [4, N, H], and later the FFN's [N, I]; ``y`` the
+    output products, [N, H]; ``prepared`` the products' quantised or rounded inputs, in turn."""
+
+    def __init__(self):
+        self.tokens = 0
+        self.key = None
+
+    def views(self, n, config: EncoderConfig, dtype, prepared_bytes):
+        hidden, inner = config.hidden_size, config.intermediate_size
+        key = (np.dtype(dtype), hidden, inner)
+        if n > self.tokens or key != self.key or prepared_bytes > self.prepared.size:
+            tokens = max(n, self.tokens if key == self.key else 0)
+            self.qkvc = np.empty(tokens * max(4 * hidden, inner), dtype)
+            self.y = np.empty(tokens * hidden, dtype)
+            self.prepared = np.empty(max(prepared_bytes, 1), np.uint8)
+            self.tokens, self.key = tokens, key
+        q, k, v, context = (self.qkvc[i * n * hidden : (i + 1) * n * hidden].reshape(n, hidden) for i in range(4))
+        return {
+            "q": q, "k": k, "v": v, "context": context, "h": self.qkvc[: n * inner].reshape(n, inner),
+            "y": self.y[: n * hidden].reshape(n, hidden), "prepared": self.prepared,
+        }  # fmt: skip
+
+
+_scratch = threading.local()
+
+
+def scratch_for(n, config: EncoderConfig, dtype, packed_layers):
+    """This thread's Scratch views for a pass of n tokens (allocated the first time, grown when n is larger)."""
+    prepared_bytes = 0
+    if packed_layers:
+        from refimpl.engines.fast.kernels.matmul import activation_bytes
+
+        prepared_bytes = max(activation_bytes(p, n) for p in packed_layers[0].values())
+    if not hasattr(_scratch, "value"):
+        _scratch.value = Scratch()
+    return _scratch.value.views(n, config, dtype, prepared_bytes)
+
+
+def _shared_activations(x, packed, scratch):
+    """x prepared once for the products of ``packed`` (Q, K and V share it); None with BLAS."""
+    if packed is None or scratch is None:
+        return None
+    from refimpl.engines.fast.kernels.matmul import activations
+
+    return activations(x, packed, scratch=scratch["prepared"])
+
+
+def attention(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False, packed=None, scratch=None, out=None):
     """RobertaAttention on packed tokens: projections, per-sequence attention, dense + residual + LayerNorm;
     with ``keep_probabilities`` also each sequence's attention probabilities [nh, L, L]. ``packed`` maps
-    the layer's linear layers ("self.query", ...) to their packed weights, when the engine packed them."""
+    the layer's linear layers ("self.query", ...) to their packed weights, when the engine packed them;
+    ``scratch``: the pass's buffers (``scratch_for``), else new arrays; ``out``: where the result goes
+    (may be x itself), else a new array."""
     from refimpl.engines.fast.kernels.attention import attention as fused_attention
 
     packed = packed or {}
+    scratch = scratch or {}
     sw = w["self"]
-    q, k, v = (linear(x, sw[n], packed.get(f"self.{n}")) for n in ("query", "key", "value"))  # [N, H] each
-    context = np.empty_like(x)
+    shared = _shared_activations(x, packed.get("self.query"), scratch)
+    q, k, v = (
+        linear(x, sw[name], packed.get(f"self.{name}"), out=scratch.get(name[0]), activations=shared)
+        for name in ("query", "key", "value")
+    )  # [N, H] each
+    context = scratch["context"] if scratch else np.empty_like(x)
     scale = _scalar(config.head_dim**-0.5, x.dtype)
     heads = config.num_attention_heads
     if keep_probabilities:
@@ -102,13 +170,24 @@ def attention(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False,
     else:
         fused_attention(q, k, v, cu_seqlens, heads, scale, out=context)
         kept = None
-    return dense_residual_layer_norm(context, x, w["output"], config, packed.get("output.dense")), kept
+    dense = packed.get("output.dense")
+    result = dense_residual_layer_norm(context, x, w["output"], config, dense, scratch, out)
+    return result, kept
 
 
-def dense_residual_layer_norm(h, residual, w, config: EncoderConfig, packed=None):
-    """LayerNorm(h W^T + b + residual): RobertaSelfOutput / RobertaOutput, LayerNorm fused with bias and residual."""
-    y = linear(h, w["dense"], packed, with_bias=False)  # [N, in] -> [N, H]
-    out = np.empty_like(residual)
+def dense_residual_layer_norm(h, residual, w, config: EncoderConfig, packed=None, scratch=None, out=None):
+    """LayerNorm(h W^T + b + residual): RobertaSelfOutput / RobertaOutput, LayerNorm fused with bias and
+    residual, written to ``out`` (may be ``residual``) or a new array."""
+    scratch = scratch or {}
+    y = linear(
+        h,
+        w["dense"],
+        packed,
+        with_bias=False,
+        out=scratch.get("y"),
+        activations=_shared_activations(h, packed, scratch),
+    )  # [N, in] -> [N, H]
+    out = np.empty_like(residual) if out is None else out
     norms.bias_residual_layer_norm(
         y,
         w["dense"]["bias"],
@@ -122,22 +201,37 @@ def dense_residual_layer_norm(h, residual, w, config: EncoderConfig, packed=None
     return out
 
 
-def ffn(x, w, config: EncoderConfig, packed=None):
+def ffn(x, w, config: EncoderConfig, packed=None, scratch=None, out=None):
     """RobertaIntermediate + RobertaOutput: dense with bias and GELU, dense + residual + LayerNorm."""
     packed = packed or {}
-    h = linear(x, w["intermediate"]["dense"], packed.get("intermediate.dense"), gelu=True)  # [N, H] -> [N, I]
-    return dense_residual_layer_norm(h, x, w["output"], config, packed.get("output.dense"))  # [N, I] -> [N, H]
+    scratch = scratch or {}
+    first = packed.get("intermediate.dense")
+    h = linear(
+        x,
+        w["intermediate"]["dense"],
+        first,
+        gelu=True,
+        out=scratch.get("h"),
+        activations=_shared_activations(x, first, scratch),
+    )  # [N, H] -> [N, I]
+    return dense_residual_layer_norm(
+        h, x, w["output"], config, packed.get("output.dense"), scratch, out
+    )  # [N, I] -> [N, H]
 
 
-def layer(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False, packed=None):
+def layer(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False, packed=None, scratch=None, in_place=False):
     """RobertaLayer on packed tokens (and, when asked, its attention probabilities per sequence);
-    ``packed``: the layer's packed linear layers by their checkpoint names, or None (BLAS)."""
+    ``packed``: the layer's packed linear layers by their checkpoint names, or None (BLAS);
+    ``in_place``: write the result over x (the pass keeps no earlier hidden state)."""
     packed = packed or {}
     attention_packed = {
         name.removeprefix("attention."): p for name, p in packed.items() if name.startswith("attention.")
     }
-    x, probabilities = attention(x, cu_seqlens, w["attention"], config, keep_probabilities, attention_packed)
-    return ffn(x, w, config, packed), probabilities
+    after_attention = x if in_place else None
+    x, probabilities = attention(
+        x, cu_seqlens, w["attention"], config, keep_probabilities, attention_packed, scratch, after_attention
+    )
+    return ffn(x, w, config, packed, scratch, x), probabilities
 
 
 def encoder(
@@ -149,11 +243,21 @@ def encoder(
     ``packed_layers``: per layer, its linear layers packed for refimpl's kernels (None: BLAS)."""
     with policy.products_on_blas(_products_on_blas(packed_layers)):
         x = embeddings(input_ids, token_type_ids, cu_seqlens, weights["embeddings"], config)
+        scratch = scratch_for(x.shape[0], config, x.dtype, packed_layers)
         hidden_states = [x] if output_hidden_states else None  # kept only when asked: 13 x [N, H]
         attentions = [] if output_attentions else None
         for index, layer_weights in enumerate(weights["encoder"]["layer"]):
             packed = packed_layers[index] if packed_layers is not None else None
-            x, probabilities = layer(x, cu_seqlens, layer_weights, config, output_attentions, packed)
+            x, probabilities = layer(
+                x,
+                cu_seqlens,
+                layer_weights,
+                config,
+                output_attentions,
+                packed,
+                scratch,
+                in_place=not output_hidden_states,
+            )
             if output_hidden_states:
                 hidden_states.append(x)
             if output_attentions:

@@ -126,20 +126,45 @@ def bf16_rows_f32_serial(x, out):
         _bf16_row_f32(x, i, out)
 
 
-def int8_activations(x, kp, parallel, dtype, offset):
+def carve(scratch, offset, shape, dtype):
+    """An array of ``shape`` and ``dtype`` on the bytes of ``scratch`` (1-D uint8) from ``offset``, or a
+    new array when scratch is None. Plain Python."""
+    if scratch is None:
+        return np.empty(shape, dtype)
+    rows, columns = shape if len(shape) == 2 else (shape[0], 1)
+    if offset + rows * columns * np.dtype(dtype).itemsize > scratch.size:
+        raise ValueError("scratch of %d bytes cannot hold %s %s at byte %d" % (scratch.size, shape, dtype, offset))
+    return np.ndarray(shape, dtype, buffer=scratch, offset=offset)
+
+
+def _aligned(nbytes):
+    return -(-nbytes // 64) * 64
+
+
+def int8_activation_bytes(rows, kp):
+    """Scratch bytes ``int8_activations`` needs: q [rows, kp] (1 byte each), then sx [rows] float32."""
+    return _aligned(rows * kp) + 4 * rows
+
+
+def bf16_activation_bytes(rows, kp2, as_float32):
+    return rows * kp2 * (4 if as_float32 else 2)
+
+
+def int8_activations(x, kp, parallel, dtype, offset, scratch=None):
     """Quantised activations for an int8 kernel -> (q [M, kp] of ``dtype`` = q + ``offset``, sx [M]):
-    int8 with offset 0 (AVX2's sign trick), uint8 with 128 (VNNI's unsigned operand). Plain Python,
-    the tiers' glue calls it."""
-    qa = np.empty((x.shape[0], kp), dtype)
-    sx = np.empty(x.shape[0], np.float32)
+    int8 with offset 0 (AVX2's sign trick), uint8 with 128 (VNNI's unsigned operand), on ``scratch``
+    when given (``int8_activation_bytes``). Plain Python, the tiers' glue calls it."""
+    qa = carve(scratch, 0, (x.shape[0], kp), dtype)
+    sx = carve(scratch, _aligned(x.shape[0] * kp), (x.shape[0],), np.float32)
     (quantize_rows if parallel and x.size >= SERIAL_BELOW else quantize_rows_serial)(x, qa, sx, offset)
     return qa, sx
 
 
-def bf16_activations(x, kp2, parallel, as_float32):
+def bf16_activations(x, kp2, parallel, as_float32, scratch=None):
     """bf16-rounded activations, zero padded to kp2 columns: float32 values (AVX2's emulation) or
-    uint16 bits (vdpbf16ps). Plain Python, the tiers' glue calls it."""
-    xa = np.empty((x.shape[0], kp2), np.float32 if as_float32 else np.uint16)
+    uint16 bits (vdpbf16ps), on ``scratch`` when given (``bf16_activation_bytes``). Plain Python, the
+    tiers' glue calls it."""
+    xa = carve(scratch, 0, (x.shape[0], kp2), np.float32 if as_float32 else np.uint16)
     parallel = parallel and x.size >= SERIAL_BELOW
     if as_float32:
         (bf16_rows_f32 if parallel else bf16_rows_f32_serial)(x, xa)

@@ -3,6 +3,8 @@
     from refimpl.engines.fast.kernels import matmul as api
     p = api.pack(W, "int8")                 # W [out, in] float32 (nn.Linear layout)
     y = api.linear(x, p, bias, gelu=True)   # x [M, in] float32 -> y [M, out] float32
+    a = api.activations(x, p)               # x quantised / rounded once, for every product
+    y = api.linear(x, p, activations=a)     # that reads it (Q, K and V share one)
 
 ``PackedLinear.to_dict()`` / ``PackedLinear.from_dict(d)`` convert to and from
 a flat ``{name: np.ndarray}`` dict (safetensors / .npy friendly; arrays may be
@@ -22,10 +24,11 @@ rows of x, on M, or on the thread count.
 """
 
 import os
+from typing import NamedTuple
 
 import numpy as np
 
-from refimpl.engines.fast.kernels import cpu, packing, threads
+from refimpl.engines.fast.kernels import common, cpu, packing, threads
 
 FORMAT_VERSION = 1
 _MODE_ID = {"f32": 0, "int8": 1, "bf16": 2}
@@ -134,7 +137,54 @@ def kernel_for(mode, tier=None):
 SERIAL_FLOPS = None  # None -> threads.serial_flops()
 
 
-def linear(x, packed, bias=None, gelu=False, out=None, tier=None, parallel=None):
+class Activations(NamedTuple):
+    """One input of products quantised (int8) or rounded (bf16) for a tier's kernels, once."""
+
+    mode: str
+    tier: str
+    rows: int
+    k: int
+    arrays: tuple  # int8: (q [rows, kp], sx [rows]); bf16: (xa [rows, kp2],)
+
+
+def _float32_rows(x, k):
+    if not (type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != k:
+        raise ValueError("x must be [M, %d], got %s" % (k, x.shape))
+    return x
+
+
+def activation_bytes(packed, rows, tier=None):
+    """Bytes of scratch ``activations`` needs for ``rows`` rows of ``packed``'s input (0: none)."""
+    choice, mod = kernel_for(packed.mode, tier)
+    if choice.tier == "blas" or packed.mode == "f32":
+        return 0
+    w = packed.arrays["w"]
+    if packed.mode == "int8":
+        return common.int8_activation_bytes(rows, w.shape[1] * 4)
+    return common.bf16_activation_bytes(rows, w.shape[1] * 2, mod.BF16_AS_FLOAT32)
+
+
+def activations(x, packed, tier=None, parallel=True, scratch=None):
+    """``x`` [M, in] prepared once for every product with ``packed``'s mode and in_features on the tier:
+    int8 quantised per row, bf16 rounded; None where there is nothing to prepare (float32, the BLAS
+    tier). ``scratch``: a 1-D uint8 array of at least ``activation_bytes`` to hold them, else new
+    arrays. Pass the result to ``linear(..., activations=)`` with the same x: the products give the
+    same bits as without it."""
+    choice, mod = kernel_for(packed.mode, tier)
+    if choice.tier == "blas" or packed.mode == "f32":
+        return None
+    x = _float32_rows(x, packed.k)
+    w = packed.arrays["w"]
+    if packed.mode == "int8":
+        arrays = mod.prepare_int8(x, w.shape[1] * 4, parallel, scratch)
+    else:
+        arrays = (mod.prepare_bf16(x, w.shape[1] * 2, parallel, scratch),)
+    return Activations(packed.mode, choice.tier, x.shape[0], packed.k, arrays)
+
+
+def linear(x, packed, bias=None, gelu=False, out=None, tier=None, parallel=None, activations=None):
     """y = x @ W.T + bias, optionally exact GELU -> [M, out] float32.
 
     x        : [M, in] float32 (copied if not C-contiguous float32)
@@ -143,11 +193,9 @@ def linear(x, packed, bias=None, gelu=False, out=None, tier=None, parallel=None)
     tier     : force 'avx512' | 'avx2' | 'blas' (default: $REFIMPL_KERNELS or best)
     parallel : None = auto (serial below SERIAL_FLOPS), True/False to force.
                The result bits never depend on it.
+    activations : x already prepared by ``activations(x, packed-of-the-same-mode-and-in)`` (or None)
     """
-    if not (type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous):
-        x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim != 2 or x.shape[1] != packed.k:
-        raise ValueError("x must be [M, %d], got %s" % (packed.k, x.shape))
+    x = _float32_rows(x, packed.k)
     M = x.shape[0]
     if out is None:
         out = np.empty((M, packed.n), np.float32)
@@ -168,8 +216,18 @@ def linear(x, packed, bias=None, gelu=False, out=None, tier=None, parallel=None)
         parallel = 2.0 * M * packed.n * packed.k >= thr
     if not threads.configured:
         threads.ensure_configured()
-    _, mod = kernel_for(packed.mode, tier)
-    getattr(mod, "linear_" + packed.mode)(x, packed.arrays, bias, bool(gelu), out, bool(parallel))
+    choice, mod = kernel_for(packed.mode, tier)
+    prepared = None
+    if activations is not None:
+        if (activations.mode, activations.tier, activations.rows, activations.k) != (
+            packed.mode, choice.tier, M, packed.k,
+        ):  # fmt: skip
+            raise ValueError(
+                "activations prepared for %s on %s, [%d, %d], used for %s on %s, [%d, %d]"
+                % (*activations[:4], packed.mode, choice.tier, M, packed.k)
+            )
+        prepared = activations.arrays
+    getattr(mod, "linear_" + packed.mode)(x, packed.arrays, bias, bool(gelu), out, bool(parallel), prepared)
     return out
 
 
