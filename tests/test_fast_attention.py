@@ -263,3 +263,28 @@ def test_no_short_spin_parallelism_beside_blas_products(monkeypatch):
         assert not policy.use_parallel(1e9, 1.0)
     assert policy.use_parallel(1e9, 1.0)
     assert encoder._products_on_blas(None) and encoder._products_on_blas([{}])
+
+
+def test_a_forward_pass_reads_the_environment_once(monkeypatch):
+    """policy.forward_pass snapshots the variables the kernels' choices read: inside a pass a change is
+    not seen (it would be read ~300 times per pass otherwise), after it, it is; the BLAS mark holds."""
+    from refimpl.engines.fast.kernels import cpu, policy
+
+    monkeypatch.setattr(policy, "AUTO_PARALLEL", None)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(numba.config, "THREADING_LAYER", "omp")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "1000")
+    monkeypatch.setenv(cpu.ENV_VAR, "avx2")
+    if numba.get_num_threads() < 2:
+        pytest.skip("one thread: nothing to run in parallel")
+    with policy.forward_pass():
+        monkeypatch.setenv("GOMP_SPINCOUNT", "300000")
+        monkeypatch.setenv(cpu.ENV_VAR, "blas")
+        assert policy.use_parallel(1e9, 1.0) and policy.getenv(cpu.ENV_VAR) == "avx2"
+        with policy.forward_pass():  # a nested pass takes its own snapshot, and gives the outer one back
+            assert not policy.use_parallel(1e9, 1.0) and policy.getenv(cpu.ENV_VAR) == "blas"
+        assert policy.use_parallel(1e9, 1.0) and policy.getenv("GOMP_SPINCOUNT") == "1000"
+    assert not policy.use_parallel(1e9, 1.0) and policy.getenv(cpu.ENV_VAR) == "blas"
+    monkeypatch.setenv("GOMP_SPINCOUNT", "1000")
+    with policy.forward_pass(on_blas=True):
+        assert not policy.use_parallel(1e9, 1.0)

@@ -241,7 +241,7 @@ def encoder(
     """The last hidden state of every real token, [N, H]; optionally every layer's, and every
     layer's attention probabilities as one [nh, L, L] array per sequence (no padding).
     ``packed_layers``: per layer, its linear layers packed for refimpl's kernels (None: BLAS)."""
-    with policy.products_on_blas(_products_on_blas(packed_layers)):
+    with policy.forward_pass(on_blas=_products_on_blas(packed_layers)):
         x = embeddings(input_ids, token_type_ids, cu_seqlens, weights["embeddings"], config)
         scratch = scratch_for(x.shape[0], config, x.dtype, packed_layers)
         hidden_states = [x] if output_hidden_states else None  # kept only when asked: 13 x [N, H]

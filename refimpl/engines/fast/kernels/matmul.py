@@ -23,12 +23,11 @@ Every mode is batch invariant: a row's output does not depend on the other
 rows of x, on M, or on the thread count.
 """
 
-import os
 from typing import NamedTuple
 
 import numpy as np
 
-from refimpl.engines.fast.kernels import common, cpu, packing, threads
+from refimpl.engines.fast.kernels import common, cpu, packing, policy, threads
 
 FORMAT_VERSION = 1
 _MODE_ID = {"f32": 0, "int8": 1, "bf16": 2}
@@ -123,7 +122,7 @@ _CHOICES = {}
 
 def kernel_for(mode, tier=None):
     """(KernelChoice, module) used by ``linear`` for this mode/tier."""
-    key = (mode, tier, os.environ.get(cpu.ENV_VAR, ""))
+    key = (mode, tier, policy.getenv(cpu.ENV_VAR))
     hit = _CHOICES.get(key)
     if hit is None:
         ch = cpu.select(mode, tier)
@@ -134,7 +133,7 @@ def kernel_for(mode, tier=None):
 # Products with fewer flops than this run in the calling thread only (no
 # parallel region).  See threads.py: with OMP_WAIT_POLICY=PASSIVE waking the
 # second thread costs ~40 us on this VM, with (briefly) spinning OpenMP ~2 us.
-SERIAL_FLOPS = None  # None -> threads.serial_flops()
+SERIAL_FLOPS = None  # None -> threads.serial_flops() (policy: once per forward pass)
 
 
 class Activations(NamedTuple):
@@ -212,7 +211,7 @@ def linear(x, packed, bias=None, gelu=False, out=None, tier=None, parallel=None,
     if M == 0:
         return out
     if parallel is None:
-        thr = SERIAL_FLOPS if SERIAL_FLOPS is not None else threads.serial_flops()
+        thr = SERIAL_FLOPS if SERIAL_FLOPS is not None else policy.serial_flops()
         parallel = 2.0 * M * packed.n * packed.k >= thr
     if not threads.configured:
         threads.ensure_configured()
