@@ -214,6 +214,10 @@ def test_rejects_bad_arguments():
         attention(q, k, v, cu, 3, 0.3)  # 16 columns, 3 heads
     with pytest.raises(ValueError):
         attention(np.asfortranarray(q), k, v, cu, 2, 0.3)
+    for bad in ([1, 4, 9], [], [[0, 4, 9]], np.array([0, 4, 9], np.int32)[:0]):  # not from 0, empty, 2-D
+        with pytest.raises(ValueError, match="cu_seqlens must be"):
+            attention(q, k, v, bad, 2, 0.3)
+    np.testing.assert_array_equal(attention(q, k, v, [0, 4, 9], 2, 0.3), attention(q, k, v, cu, 2, 0.3))  # a list
 
 
 def test_policy_picks_the_driver(monkeypatch):

@@ -11,6 +11,7 @@ the result equals ``forward.encoder`` on the real tokens (tests/test_parity.py).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -96,25 +97,24 @@ class Scratch:
     """The buffers of one forward pass, reused by every layer and by later passes that fit.
 
     A new array of a few MB is mapped fresh from the system and costs a page fault for each 4 KB page
-    it touches: 3,200 faults, and 10 ms of an 80 ms int8 pass of 494 tokens, measured with
-    ``getrusage`` (docs/performance.md). One Scratch per thread (``scratch_for``), so passes on
-    different threads never share one. Layout, for N tokens of hidden size H and FFN size I:
-    ``qkvc`` holds Q, K, V and the attention context, [4, N, H], and later the FFN's [N, I]; ``y`` the
-    output products, [N, H]; ``prepared`` the products' quantised or rounded inputs, in turn."""
+    it touches: 3,284 faults in an int8 pass of 494 tokens, 5-6 ms of its 71-74 ms
+    (docs/performance.md). Passes running at the same time take different Scratches (``_scratch``).
+    Layout, for N tokens of hidden size H and FFN size I: ``qkvc`` holds Q, K, V and the attention
+    context, [4, N, H], and later the FFN's [N, I]; ``y`` the output products, [N, H]; ``prepared``
+    the products' quantised or rounded inputs, in turn."""
 
-    def __init__(self):
-        self.tokens = 0
-        self.key = None
+    def __init__(self, key):
+        self.key = key  # (dtype, H, I)
+        self.tokens = -1
+        self.prepared = np.empty(0, np.uint8)
 
-    def views(self, n, config: EncoderConfig, dtype, prepared_bytes):
-        hidden, inner = config.hidden_size, config.intermediate_size
-        key = (np.dtype(dtype), hidden, inner)
-        if n > self.tokens or key != self.key or prepared_bytes > self.prepared.size:
-            tokens = max(n, self.tokens if key == self.key else 0)
-            self.qkvc = np.empty(tokens * max(4 * hidden, inner), dtype)
-            self.y = np.empty(tokens * hidden, dtype)
-            self.prepared = np.empty(max(prepared_bytes, 1), np.uint8)
-            self.tokens, self.key = tokens, key
+    def views(self, n, prepared_bytes):
+        dtype, hidden, inner = self.key
+        if n > self.tokens or prepared_bytes > self.prepared.size:
+            self.tokens = max(n, self.tokens)
+            self.qkvc = np.empty(self.tokens * max(4 * hidden, inner), dtype)
+            self.y = np.empty(self.tokens * hidden, dtype)
+            self.prepared = np.empty(max(prepared_bytes, self.prepared.size), np.uint8)
         q, k, v, context = (self.qkvc[i * n * hidden : (i + 1) * n * hidden].reshape(n, hidden) for i in range(4))
         return {
             "q": q, "k": k, "v": v, "context": context, "h": self.qkvc[: n * inner].reshape(n, inner),
@@ -122,19 +122,31 @@ class Scratch:
         }  # fmt: skip
 
 
-_scratch = threading.local()
+# Scratches no pass is using, at most IDLE_SCRATCHES of them: a pass takes one of its shape (or a new
+# one) and gives it back, so memory follows the passes that run at once, not the threads that ever ran one.
+_idle: list[Scratch] = []
+_idle_lock = threading.Lock()
+IDLE_SCRATCHES = 4
 
 
-def scratch_for(n, config: EncoderConfig, dtype, packed_layers):
-    """This thread's Scratch views for a pass of n tokens (allocated the first time, grown when n is larger)."""
+@contextlib.contextmanager
+def _scratch(n, config: EncoderConfig, dtype, packed_layers):
+    """Buffers for a pass of n tokens: a Scratch taken for the pass and given back after it."""
     prepared_bytes = 0
     if packed_layers:
         from refimpl.engines.fast.kernels.matmul import activation_bytes
 
         prepared_bytes = max(activation_bytes(p, n) for p in packed_layers[0].values())
-    if not hasattr(_scratch, "value"):
-        _scratch.value = Scratch()
-    return _scratch.value.views(n, config, dtype, prepared_bytes)
+    key = (np.dtype(dtype), config.hidden_size, config.intermediate_size)
+    with _idle_lock:
+        match = next((i for i in reversed(range(len(_idle))) if _idle[i].key == key), None)
+        scratch = _idle.pop(match) if match is not None else Scratch(key)
+    try:
+        yield scratch.views(n, prepared_bytes)
+    finally:
+        with _idle_lock:
+            _idle.append(scratch)
+            del _idle[:-IDLE_SCRATCHES]
 
 
 def _shared_activations(x, packed, scratch):
@@ -150,7 +162,7 @@ def attention(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False,
     """RobertaAttention on packed tokens: projections, per-sequence attention, dense + residual + LayerNorm;
     with ``keep_probabilities`` also each sequence's attention probabilities [nh, L, L]. ``packed`` maps
     the layer's linear layers ("self.query", ...) to their packed weights, when the engine packed them;
-    ``scratch``: the pass's buffers (``scratch_for``), else new arrays; ``out``: where the result goes
+    ``scratch``: the pass's buffers (``Scratch.views``), else new arrays; ``out``: where the result goes
     (may be x itself), else a new array."""
     from refimpl.engines.fast.kernels.attention import attention as fused_attention
 
@@ -241,9 +253,12 @@ def encoder(
     """The last hidden state of every real token, [N, H]; optionally every layer's, and every
     layer's attention probabilities as one [nh, L, L] array per sequence (no padding).
     ``packed_layers``: per layer, its linear layers packed for refimpl's kernels (None: BLAS)."""
-    with policy.forward_pass(on_blas=_products_on_blas(packed_layers)):
+    dtype = weights["embeddings"]["word_embeddings"]["weight"].dtype
+    with (
+        policy.forward_pass(on_blas=_products_on_blas(packed_layers)),
+        _scratch(input_ids.shape[0], config, dtype, packed_layers) as scratch,
+    ):
         x = embeddings(input_ids, token_type_ids, cu_seqlens, weights["embeddings"], config)
-        scratch = scratch_for(x.shape[0], config, x.dtype, packed_layers)
         hidden_states = [x] if output_hidden_states else None  # kept only when asked: 13 x [N, H]
         attentions = [] if output_attentions else None
         for index, layer_weights in enumerate(weights["encoder"]["layer"]):

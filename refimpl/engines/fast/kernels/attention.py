@@ -260,6 +260,24 @@ def _parallel(q, k, v, cu, nh, scale, out, wide, probs, poffs, want, workers):
         )
 
 
+@njit(**_opts)
+def _sum_squared_lengths(cu, n):
+    """sum over sequences of L^2, or -1 when cu is not [B+1] non-decreasing from 0 to n."""
+    if cu.shape[0] < 1 or cu[0] != 0 or cu[cu.shape[0] - 1] != n:
+        return -1.0
+    total = 0.0
+    for b in range(cu.shape[0] - 1):
+        length = cu[b + 1] - cu[b]
+        if length < 0:
+            return -1.0
+        total += float(length) * float(length)
+    return total
+
+
+_NO_OFFSETS = np.zeros(1, np.int64)  # the kernels never write probabilities they were not asked for
+_NO_PROBABILITIES = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
+
+
 def attention(q, k, v, cu_seqlens, num_heads, scale, out=None, probabilities=False, parallel=None):
     """softmax(Q_h K_h^T * scale) V_h for every packed sequence and head: [N, H] -> [N, H].
 
@@ -280,8 +298,11 @@ def attention(q, k, v, cu_seqlens, num_heads, scale, out=None, probabilities=Fal
         raise TypeError("float32 or float64 only")
     if not (q.flags.c_contiguous and k.flags.c_contiguous and v.flags.c_contiguous):
         raise ValueError("q, k and v must be C-contiguous")
-    cu = np.asarray(cu_seqlens, dtype=np.int64)
-    if cu.ndim != 1 or cu.shape[0] < 1 or cu[0] != 0 or cu[-1] != N or np.any(np.diff(cu) < 0):
+    cu = cu_seqlens
+    if not (type(cu) is np.ndarray and cu.dtype == np.int64 and cu.ndim == 1):
+        cu = np.asarray(cu_seqlens, dtype=np.int64)
+    squared = _sum_squared_lengths(cu, N) if cu.ndim == 1 else -1.0
+    if squared < 0:
         raise ValueError("cu_seqlens must be [B+1], non-decreasing, from 0 to N")
     if out is None:
         out = np.empty_like(q)
@@ -289,18 +310,17 @@ def attention(q, k, v, cu_seqlens, num_heads, scale, out=None, probabilities=Fal
         raise ValueError("out must be a C-contiguous array like q")
     scale = q.dtype.type(scale)
     d = H // num_heads
-    lengths = np.diff(cu)
     wide = bool(HOST_AVX512 and q.dtype == np.float32)
     if probabilities:
+        lengths = np.diff(cu)
         sizes = num_heads * lengths * lengths
         poffs = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(sizes, out=poffs[1:])
         probs = np.empty(int(poffs[-1]), q.dtype)
     else:
-        poffs = np.zeros(1, np.int64)
-        probs = np.empty(0, q.dtype)
+        poffs, probs = _NO_OFFSETS, _NO_PROBABILITIES[q.dtype]
     if parallel is None:
-        parallel = policy.use_parallel(float(np.dot(lengths, lengths)) * num_heads * d, SERIAL_BELOW)
+        parallel = policy.use_parallel(squared * num_heads * d, SERIAL_BELOW)
     if parallel:
         _parallel(q, k, v, cu, num_heads, scale, out, wide, probs, poffs, bool(probabilities), numba.get_num_threads())
     else:
