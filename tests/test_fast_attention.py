@@ -160,9 +160,43 @@ def test_tile_shapes_do_not_change_results():
     outs = []
     for wide in (False, True):
         out = np.empty_like(q)
-        A._serial(q, k, v, cu, 12, np.float32(0.125), out, wide, np.empty(0, np.float32), np.zeros(1, np.int64), False)
+        H = q.shape[1]
+        flat = (q.reshape(-1), k.reshape(-1), v.reshape(-1))
+        A._serial(
+            *flat,
+            H,
+            0,
+            0,
+            0,
+            cu,
+            12,
+            np.float32(0.125),
+            out,
+            wide,
+            np.empty(0, np.float32),
+            np.zeros(1, np.int64),
+            False,
+        )
         outs.append(out)
     assert np.array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_q_k_v_side_by_side_give_the_same_bits(parallel):
+    """attention_qkv reads Q, K and V from one [N, 3H] array (one product with the three weights
+    stacked): the same results, probabilities included, as attention on the three parts."""
+    from refimpl.engines.fast.kernels.attention import attention_qkv
+
+    q, k, v, cu = make([1, 3, 17, 64, 129, 200], 12, 64, seed=4)
+    qkv = np.ascontiguousarray(np.concatenate([q, k, v], axis=1))
+    expected, expected_p = attention(q, k, v, cu, 12, np.float32(0.125), parallel=parallel, probabilities=True)
+    out, p = attention_qkv(qkv, cu, 12, np.float32(0.125), parallel=parallel, probabilities=True)
+    assert np.array_equal(out, expected) and all(np.array_equal(a, b) for a, b in zip(p, expected_p))
+    assert np.array_equal(attention_qkv(qkv, cu, 12, 0.125, parallel=parallel), expected)
+    swapped = np.ascontiguousarray(np.concatenate([k, q, v], axis=1))  # the layout is read, not assumed
+    assert not np.array_equal(attention_qkv(swapped, cu, 12, 0.125, parallel=parallel), expected)
+    with pytest.raises(ValueError, match=r"qkv must be \[N, 3H\]"):
+        attention_qkv(qkv[:, :-1], cu, 12, 0.125)
 
 
 # ---- the checker catches wrong implementations -------------------------------------------------

@@ -99,9 +99,9 @@ class Scratch:
     A new array of a few MB is mapped fresh from the system and costs a page fault for each 4 KB page
     it touches: 3,284 faults in an int8 pass of 494 tokens, 5-6 ms of its 71-74 ms
     (docs/performance.md). Passes running at the same time take different Scratches (``_scratch``).
-    Layout, for N tokens of hidden size H and FFN size I: ``qkvc`` holds Q, K, V and the attention
-    context, [4, N, H], and later the FFN's [N, I]; ``y`` the output products, [N, H]; ``prepared``
-    the products' quantised or rounded inputs, in turn."""
+    Layout, for N tokens of hidden size H and FFN size I: ``qkvc`` holds Q, K, V side by side,
+    [N, 3H], then the attention context, [N, H], and later the FFN's [N, I]; ``y`` the output
+    products, [N, H]; ``prepared`` the products' quantised or rounded inputs, in turn."""
 
     def __init__(self, key):
         self.key = key  # (dtype, H, I)
@@ -115,11 +115,17 @@ class Scratch:
             self.qkvc = np.empty(self.tokens * max(4 * hidden, inner), dtype)
             self.y = np.empty(self.tokens * hidden, dtype)
             self.prepared = np.empty(max(prepared_bytes, self.prepared.size), np.uint8)
-        q, k, v, context = (self.qkvc[i * n * hidden : (i + 1) * n * hidden].reshape(n, hidden) for i in range(4))
+        q, k, v = (self.qkvc[i * n * hidden : (i + 1) * n * hidden].reshape(n, hidden) for i in range(3))
         return {
-            "q": q, "k": k, "v": v, "context": context, "h": self.qkvc[: n * inner].reshape(n, inner),
-            "y": self.y[: n * hidden].reshape(n, hidden), "prepared": self.prepared,
-        }  # fmt: skip
+            "qkv": self.qkvc[: 3 * n * hidden].reshape(n, 3 * hidden),  # the same memory as
+            "q": q,  # the three [N, H] outputs of BLAS's products
+            "k": k,
+            "v": v,
+            "context": self.qkvc[3 * n * hidden : 4 * n * hidden].reshape(n, hidden),
+            "h": self.qkvc[: n * inner].reshape(n, inner),
+            "y": self.y[: n * hidden].reshape(n, hidden),
+            "prepared": self.prepared,
+        }
 
 
 # Scratches no pass is using, at most IDLE_SCRATCHES of them: a pass takes one of its shape (or a new
@@ -149,9 +155,10 @@ def _scratch(n, config: EncoderConfig, dtype, packed_layers):
             del _idle[:-IDLE_SCRATCHES]
 
 
-def _shared_activations(x, packed, scratch):
-    """x prepared once for the products of ``packed`` (Q, K and V share it); None with BLAS."""
-    if packed is None or scratch is None:
+def _prepared(x, packed, scratch):
+    """x quantised or rounded for the product of ``packed`` on the pass's scratch (no fresh pages);
+    None with BLAS or without scratch (the product then prepares its own)."""
+    if packed is None or not scratch:
         return None
     from refimpl.engines.fast.kernels.matmul import activations
 
@@ -161,27 +168,28 @@ def _shared_activations(x, packed, scratch):
 def attention(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False, packed=None, scratch=None, out=None):
     """RobertaAttention on packed tokens: projections, per-sequence attention, dense + residual + LayerNorm;
     with ``keep_probabilities`` also each sequence's attention probabilities [nh, L, L]. ``packed`` maps
-    the layer's linear layers ("self.query", ...) to their packed weights, when the engine packed them;
+    the layer's packed products ("self.qkv": query, key and value stacked, "output.dense") to their
+    packed weights, when the engine packed them;
     ``scratch``: the pass's buffers (``Scratch.views``), else new arrays; ``out``: where the result goes
     (may be x itself), else a new array."""
     from refimpl.engines.fast.kernels.attention import attention as fused_attention
+    from refimpl.engines.fast.kernels.attention import attention_qkv
 
     packed = packed or {}
     scratch = scratch or {}
     sw = w["self"]
-    shared = _shared_activations(x, packed.get("self.query"), scratch)
-    q, k, v = (
-        linear(x, sw[name], packed.get(f"self.{name}"), out=scratch.get(name[0]), activations=shared)
-        for name in ("query", "key", "value")
-    )  # [N, H] each
     context = scratch["context"] if scratch else np.empty_like(x)
     scale = _scalar(config.head_dim**-0.5, x.dtype)
     heads = config.num_attention_heads
-    if keep_probabilities:
-        _, kept = fused_attention(q, k, v, cu_seqlens, heads, scale, out=context, probabilities=True)
+    stacked = packed.get("self.qkv")  # query, key and value as one product: [N, H] -> [N, 3H]
+    if stacked is not None:
+        bias = {"bias": np.concatenate([sw[name]["bias"] for name in ("query", "key", "value")])}
+        qkv = linear(x, bias, stacked, out=scratch.get("qkv"), activations=_prepared(x, stacked, scratch))
+        result = attention_qkv(qkv, cu_seqlens, heads, scale, out=context, probabilities=keep_probabilities)
     else:
-        fused_attention(q, k, v, cu_seqlens, heads, scale, out=context)
-        kept = None
+        q, k, v = (linear(x, sw[name], out=scratch.get(name[0])) for name in ("query", "key", "value"))  # [N, H]
+        result = fused_attention(q, k, v, cu_seqlens, heads, scale, out=context, probabilities=keep_probabilities)
+    kept = result[1] if keep_probabilities else None
     dense = packed.get("output.dense")
     result = dense_residual_layer_norm(context, x, w["output"], config, dense, scratch, out)
     return result, kept
@@ -192,12 +200,7 @@ def dense_residual_layer_norm(h, residual, w, config: EncoderConfig, packed=None
     residual, written to ``out`` (may be ``residual``) or a new array."""
     scratch = scratch or {}
     y = linear(
-        h,
-        w["dense"],
-        packed,
-        with_bias=False,
-        out=scratch.get("y"),
-        activations=_shared_activations(h, packed, scratch),
+        h, w["dense"], packed, with_bias=False, out=scratch.get("y"), activations=_prepared(h, packed, scratch)
     )  # [N, in] -> [N, H]
     out = np.empty_like(residual) if out is None else out
     norms.bias_residual_layer_norm(
@@ -219,12 +222,7 @@ def ffn(x, w, config: EncoderConfig, packed=None, scratch=None, out=None):
     scratch = scratch or {}
     first = packed.get("intermediate.dense")
     h = linear(
-        x,
-        w["intermediate"]["dense"],
-        first,
-        gelu=True,
-        out=scratch.get("h"),
-        activations=_shared_activations(x, first, scratch),
+        x, w["intermediate"]["dense"], first, gelu=True, out=scratch.get("h"), activations=_prepared(x, first, scratch)
     )  # [N, H] -> [N, I]
     return dense_residual_layer_norm(
         h, x, w["output"], config, packed.get("output.dense"), scratch, out

@@ -119,8 +119,10 @@ def _products(A, a0, lda, rows, height, B, b0, ldb, T, D, ldd, width, alpha):
 
 
 @njit(**_inl)
-def _pair(q, k, v, out, H, start, L, col, d, scale, kt, vp, s, o, l, wide, probs, poff, want):
-    """One (sequence, head): rows start..start+L of the flat [N, H] arrays, columns col..col+d."""
+def _pair(q, k, v, ldi, qo, ko, vo, out, H, start, L, col, d, scale, kt, vp, s, o, l, wide, probs, poff, want):
+    """One (sequence, head): rows start..start+L, columns col..col+d of the head. q, k and v are flat
+    arrays of rows ``ldi`` apart, the head's columns starting at qo + col, ko + col, vo + col (one
+    [N, 3H] array with offsets 0, H, 2H, or three [N, H] arrays); out is [N, H], flat."""
     Lp = (L + 7) // 8 * 8
     dp = (d + 7) // 8 * 8
     zero = scale * 0
@@ -128,15 +130,15 @@ def _pair(q, k, v, out, H, start, L, col, d, scale, kt, vp, s, o, l, wide, probs
     for c in range(d):  # K_h^T, zero-padded to Lp columns
         base = c * Lp
         for j in range(L):
-            st(kt, base + j, ld(k, (start + j) * H + col + c))
+            st(kt, base + j, ld(k, (start + j) * ldi + ko + col + c))
         for j in range(L, Lp):
             st(kt, base + j, zero)
-    if d == dp and L <= PACK_V_ABOVE:  # V_h read in place: rows of d contiguous values, H apart
-        vsrc, v0, ldv = v, start * H + col, H
+    if d == dp and L <= PACK_V_ABOVE:  # V_h read in place: rows of d contiguous values, ldi apart
+        vsrc, v0, ldv = v, start * ldi + vo + col, ldi
     else:  # V_h copied into contiguous rows, zero-padded to dp columns
         for j in range(L):
             for c in range(d):
-                st(vp, j * dp + c, ld(v, (start + j) * H + col + c))
+                st(vp, j * dp + c, ld(v, (start + j) * ldi + vo + col + c))
             for c in range(d, dp):
                 st(vp, j * dp + c, zero)
         vsrc, v0, ldv = vp, 0, dp
@@ -145,7 +147,7 @@ def _pair(q, k, v, out, H, start, L, col, d, scale, kt, vp, s, o, l, wide, probs
         height = (8 if L - i >= 8 else 4) if wide else 3
         R = min(height, L - i)  # real rows in this block; the others repeat row i + R - 1
         # scaled scores of rows i..i+R-1 into s[r*Lp : (r+1)*Lp] (columns >= L: zero keys, unused)
-        _products(q, (start + i) * H + col, H, R, height, kt, 0, Lp, d, s, Lp, Lp, scale)
+        _products(q, (start + i) * ldi + qo + col, ldi, R, height, kt, 0, Lp, d, s, Lp, Lp, scale)
         for r in range(R):
             off = r * Lp
             m = max16(s, off, L)
@@ -166,7 +168,9 @@ def _pair(q, k, v, out, H, start, L, col, d, scale, kt, vp, s, o, l, wide, probs
 
 
 @njit(**_opts)
-def _worker(w, counter, items, q, k, v, out, H, cu, nh, d, scale, kt, vp, s, o, l, wide, probs, poffs, want):
+def _worker(
+    w, counter, items, q, k, v, ldi, qo, ko, vo, out, H, cu, nh, d, scale, kt, vp, s, o, l, wide, probs, poffs, want
+):
     n_items = items.shape[0]
     while True:
         t = atomic_add(counter, 0, 1)
@@ -180,7 +184,8 @@ def _worker(w, counter, items, q, k, v, out, H, cu, nh, d, scale, kt, vp, s, o, 
         if L <= 0:
             continue
         poff = poffs[b] + h * L * L if want else 0
-        _pair(q, k, v, out, H, start, L, h * d, d, scale, kt[w], vp[w], s[w], o[w], l[w], wide, probs, poff, want)
+        kw, vw, sw, ow, lw = kt[w], vp[w], s[w], o[w], l[w]
+        _pair(q, k, v, ldi, qo, ko, vo, out, H, start, L, h * d, d, scale, kw, vw, sw, ow, lw, wide, probs, poff, want)
 
 
 @njit(**_opts)
@@ -217,47 +222,30 @@ def _plan(cu, nh, d, workers, dtype_zero):
 
 
 @njit(**_opts)
-def _serial(q, k, v, cu, nh, scale, out, wide, probs, poffs, want):
-    N, H = q.shape
+def _serial(q, k, v, ldi, qo, ko, vo, cu, nh, scale, out, wide, probs, poffs, want):
+    N, H = out.shape
     d = H // nh
     items, kt, vp, s, o, l = _plan(cu, nh, d, 1, np.zeros(1, q.dtype))
     counter = np.zeros(1, np.int64)
+    of = out.reshape(N * H)
     _worker(
-        np.int64(0),
-        counter,
-        items,
-        q.reshape(N * H),
-        k.reshape(N * H),
-        v.reshape(N * H),
-        out.reshape(N * H),
-        H,
-        cu,
-        nh,
-        d,
-        scale,
-        kt,
-        vp,
-        s,
-        o,
-        l,
-        wide,
-        probs,
-        poffs,
-        want,
-    )
+        np.int64(0), counter, items, q, k, v, ldi, qo, ko, vo, of, H, cu, nh, d, scale, kt, vp, s, o, l, wide, probs,
+        poffs, want,
+    )  # fmt: skip
 
 
 @njit(parallel=True, **_opts)
-def _parallel(q, k, v, cu, nh, scale, out, wide, probs, poffs, want, workers):
-    N, H = q.shape
+def _parallel(q, k, v, ldi, qo, ko, vo, cu, nh, scale, out, wide, probs, poffs, want, workers):
+    N, H = out.shape
     d = H // nh
     items, kt, vp, s, o, l = _plan(cu, nh, d, workers, np.zeros(1, q.dtype))
     counter = np.zeros(1, np.int64)
-    qf, kf, vf, of = q.reshape(N * H), k.reshape(N * H), v.reshape(N * H), out.reshape(N * H)
+    of = out.reshape(N * H)
     for w in prange(workers):
         _worker(
-            np.int64(w), counter, items, qf, kf, vf, of, H, cu, nh, d, scale, kt, vp, s, o, l, wide, probs, poffs, want
-        )
+            np.int64(w), counter, items, q, k, v, ldi, qo, ko, vo, of, H, cu, nh, d, scale, kt, vp, s, o, l, wide,
+            probs, poffs, want,
+        )  # fmt: skip
 
 
 @njit(**_opts)
@@ -290,14 +278,33 @@ def attention(q, k, v, cu_seqlens, num_heads, scale, out=None, probabilities=Fal
     The result does not depend on ``parallel``, the thread count or the rest of the batch.
     """
     N, H = q.shape
-    if H % num_heads:
-        raise ValueError("hidden size is not a multiple of num_heads")
     if not (q.shape == k.shape == v.shape) or not (q.dtype == k.dtype == v.dtype):
         raise ValueError("q, k and v must have the same shape and dtype")
-    if q.dtype not in (np.float32, np.float64):
-        raise TypeError("float32 or float64 only")
     if not (q.flags.c_contiguous and k.flags.c_contiguous and v.flags.c_contiguous):
         raise ValueError("q, k and v must be C-contiguous")
+    flat = (q.reshape(N * H), k.reshape(N * H), v.reshape(N * H))
+    return _attention(flat, (H, 0, 0, 0), N, H, q.dtype, cu_seqlens, num_heads, scale, out, probabilities, parallel)
+
+
+def attention_qkv(qkv, cu_seqlens, num_heads, scale, out=None, probabilities=False, parallel=None):
+    """``attention`` on Q, K and V side by side in one [N, 3H] C-contiguous array (the output of one
+    product with the three weights stacked), with the same results as on the three [N, H] parts."""
+    N, H3 = qkv.shape
+    if H3 % 3 or not qkv.flags.c_contiguous:
+        raise ValueError("qkv must be [N, 3H] C-contiguous, got %s" % (qkv.shape,))
+    H = H3 // 3
+    flat = qkv.reshape(N * H3)
+    return _attention((flat,) * 3, (H3, 0, H, 2 * H), N, H, qkv.dtype, cu_seqlens, num_heads, scale, out,
+                      probabilities, parallel)  # fmt: skip
+
+
+def _attention(flat, layout, N, H, dtype, cu_seqlens, num_heads, scale, out, probabilities, parallel):
+    """The checks and the drivers' call for both entry points: ``flat`` (q, k, v) as 1-D arrays,
+    ``layout`` (their row stride, and the column where Q, K and V begin)."""
+    if H % num_heads:
+        raise ValueError("hidden size is not a multiple of num_heads")
+    if dtype not in (np.float32, np.float64):
+        raise TypeError("float32 or float64 only")
     cu = cu_seqlens
     if not (type(cu) is np.ndarray and cu.dtype == np.int64 and cu.ndim == 1):
         cu = np.asarray(cu_seqlens, dtype=np.int64)
@@ -305,26 +312,27 @@ def attention(q, k, v, cu_seqlens, num_heads, scale, out=None, probabilities=Fal
     if squared < 0:
         raise ValueError("cu_seqlens must be [B+1], non-decreasing, from 0 to N")
     if out is None:
-        out = np.empty_like(q)
-    elif out.shape != q.shape or out.dtype != q.dtype or not out.flags.c_contiguous:
-        raise ValueError("out must be a C-contiguous array like q")
-    scale = q.dtype.type(scale)
+        out = np.empty((N, H), dtype)
+    elif out.shape != (N, H) or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ValueError("out must be a C-contiguous [N, H] array of q's dtype")
+    scale = dtype.type(scale)
     d = H // num_heads
-    wide = bool(HOST_AVX512 and q.dtype == np.float32)
+    wide = bool(HOST_AVX512 and dtype == np.float32)
     if probabilities:
         lengths = np.diff(cu)
         sizes = num_heads * lengths * lengths
         poffs = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(sizes, out=poffs[1:])
-        probs = np.empty(int(poffs[-1]), q.dtype)
+        probs = np.empty(int(poffs[-1]), dtype)
     else:
-        poffs, probs = _NO_OFFSETS, _NO_PROBABILITIES[q.dtype]
+        poffs, probs = _NO_OFFSETS, _NO_PROBABILITIES[dtype]
     if parallel is None:
         parallel = policy.use_parallel(squared * num_heads * d, SERIAL_BELOW)
+    args = (*flat, *layout, cu, num_heads, scale, out, wide, probs, poffs, bool(probabilities))
     if parallel:
-        _parallel(q, k, v, cu, num_heads, scale, out, wide, probs, poffs, bool(probabilities), numba.get_num_threads())
+        _parallel(*args, numba.get_num_threads())
     else:
-        _serial(q, k, v, cu, num_heads, scale, out, wide, probs, poffs, bool(probabilities))
+        _serial(*args)
     if not probabilities:
         return out
     views = [probs[poffs[b] : poffs[b + 1]].reshape(num_heads, L, L) for b, L in enumerate(lengths.tolist())]
