@@ -46,6 +46,7 @@ def wrap_all(times):
 
     wrap(encoder, "linear", "linear layers")
     wrap(attention, "attention", "attention (fused)")
+    wrap(attention, "attention_qkv", "attention (fused)")  # Q, K and V from one stacked product
     for name in ("bias_residual_layer_norm", "embeddings_layer_norm", "bias_gelu"):
         wrap(norms, name)
 
