@@ -7,6 +7,8 @@
     python -m tools.microbench mapped         # the forward pass on mmap'd against copied weights
     python -m tools.microbench pass-size      # sentences/s by the fast engine's tokens per forward pass
     python -m tools.microbench numba-rss      # what importing numba and loading a kernel add to RSS
+    python -m tools.microbench qkv            # query, key and value as three products or one stacked
+    python -m tools.microbench attention-call # attention's Python wrapper against its numba driver, batch 1
 
 Run on an idle machine; each prints its measurements.
 """
@@ -229,8 +231,66 @@ def numba_rss():
     )
 
 
+def _best_microseconds(work, calls):
+    work()
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(calls):
+            work()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best * 1e6
+
+
+def qkv():
+    """The three 768x768 products of Q, K and V on one input against one product of the stacked
+    [2304, 768] weight, hot, in a forward pass's policy (refimpl's own kernels, each mode)."""
+    from refimpl.engines.fast.kernels import matmul, policy
+
+    rng = np.random.default_rng(0)
+    for mode in ("int8", "bf16", "f32"):
+        weights = [rng.standard_normal((768, 768), dtype=np.float32) for _ in range(3)]
+        separate = [matmul.pack(w, mode) for w in weights]
+        stacked = matmul.pack(np.concatenate(weights), mode)
+        for rows in (17, 494):
+            x = rng.standard_normal((rows, 768), dtype=np.float32)
+            outs = [np.empty((rows, 768), np.float32) for _ in range(3)]
+            out = np.empty((rows, 2304), np.float32)
+            calls = 2000 if rows < 100 else 50
+            with policy.forward_pass():
+                prepared = matmul.activations(x, separate[0])
+                three = _best_microseconds(
+                    lambda: [matmul.linear(x, p, out=o, activations=prepared) for p, o in zip(separate, outs)], calls
+                )
+                one = _best_microseconds(lambda: matmul.linear(x, stacked, out=out, activations=prepared), calls)
+            print(f"{mode} {rows} rows: three products {three:.1f} us, one stacked {one:.1f} us")
+
+
+def attention_call():
+    """One 17-token sentence's attention (12 heads of 64): the public function (checks, then the
+    serial driver) against the numba driver alone."""
+    from refimpl.engines.fast.kernels import attention as A
+
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((17, 768), dtype=np.float32) for _ in range(3))
+    cu, out = np.array([0, 17], np.int64), np.empty((17, 768), np.float32)
+    wide = bool(A.HOST_AVX512)
+    no_probabilities, no_offsets = np.empty(0, np.float32), np.zeros(1, np.int64)
+    flat = (q.reshape(-1), k.reshape(-1), v.reshape(-1))
+    driver = _best_microseconds(
+        lambda: A._serial(
+            *flat, 768, 0, 0, 0, cu, 12, np.float32(0.125), out, wide, no_probabilities, no_offsets, False
+        ),
+        3000,
+    )
+    public = _best_microseconds(lambda: A.attention(q, k, v, cu, 12, 0.125, out=out, parallel=False), 3000)
+    print(f"attention(..., parallel=False) {public:.1f} us, its serial driver alone {driver:.1f} us")
+
+
 def main():
     commands = {
+        "qkv": qkv,
+        "attention-call": attention_call,
         "orientation": orientation,
         "split": split,
         "error-model": error_model,

@@ -3,8 +3,9 @@
 Every layer has six linear layers (query, key, value, the attention output, the FFN's two). They
 are packed into the microkernel's panel layout in the compute mode's format (float32, int8 with
 per-channel scales, bfloat16) as four products: query, key and value stacked into one [3H, H]
-weight ("attention.self.qkv": one product and one parallel region instead of three, 26% less time
-for the three at batch 1 in int8; every output column's arithmetic is the same as alone), then the
+weight ("attention.self.qkv": one product and one parallel region instead of three, 16-26% less
+time for the three at batch 1 in int8, ``python -m tools.microbench qkv``; every output column's
+arithmetic is the same as alone), then the
 attention output and the FFN's two. Packing the klue-sized model takes seconds, so the packed arrays
 go to a safetensors file in the cache folder, keyed by the weights file's fingerprint and the format:
 
