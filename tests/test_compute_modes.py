@@ -155,18 +155,22 @@ def test_the_packed_weights_are_cached_and_a_damaged_cache_is_rebuilt(tiny_model
 
 def test_a_cache_of_an_older_layout_is_replaced(tiny_model, tmp_path, monkeypatch):
     """A cache file of another format or layout (v1: six products per layer; now QKV is stacked) is never
-    read: it is rebuilt under its own name, and the old one is deleted; other models' files are kept."""
+    read: it is rebuilt under its own name, and an older one is deleted; newer ones and other models'
+    files are kept."""
     monkeypatch.setenv("REFIMPL_CACHE", str(tmp_path / "cache"))
     path = tiny_model("roberta", seed=12)
     expected = SentenceTransformer(path, compute="bfloat16").encode(TEXTS)
     (cache,) = cached_files()
-    older = cache.with_name(cache.name.split("-v", 1)[0] + "-v1.safetensors")
+    prefix = cache.name.split("-v", 1)[0]
+    older = cache.with_name(prefix + "-v1.safetensors")
     older.write_bytes(b"the packed weights of an older refimpl")
+    newer = cache.with_name(prefix + "-v9.1.safetensors")  # a later refimpl sharing the folder
+    newer.write_bytes(b"the packed weights of a newer refimpl")
     unrelated = cache.with_name("0" * 32 + "-bfloat16-v1.safetensors")
     unrelated.write_bytes(b"another model's")
     cache.unlink()
     np.testing.assert_array_equal(SentenceTransformer(path, compute="bfloat16").encode(TEXTS), expected)
-    assert cache.exists() and not older.exists() and unrelated.exists()
+    assert cache.exists() and not older.exists() and newer.exists() and unrelated.exists()
 
 
 def test_a_read_only_cache_folder_packs_in_memory(tiny_model, tmp_path, monkeypatch, caplog):

@@ -28,9 +28,44 @@ def test_eight_threads_get_exactly_the_single_threaded_results(model):
     for i, runs in enumerate(results):
         for run in runs:
             np.testing.assert_array_equal(run, expected[i])
+
+
+@pytest.mark.parametrize("compute", ["float32", "int8"])
+def test_passes_at_the_same_time_get_buffers_of_their_own(path, compute):
+    """The fast engine's forward passes, called from four threads at once (no model lock in between),
+    each take a Scratch of their own from the pool: the same bits as one after the other, and only a few
+    Scratches are kept afterwards, not one per thread that ran."""
+    from refimpl import SentenceTransformer
     from refimpl.engines.fast import encoder
 
-    # each pass had buffers of its own; afterwards only a few are kept, not one per thread that ran
+    model = SentenceTransformer(path, compute=compute)
+    weights, config = model.weights, model.pipeline.transformer.config
+    packed = model.pipeline.transformer.engine().packed_layers()
+    with encoder._scratch(24, config, np.float32, packed) as a, encoder._scratch(24, config, np.float32, packed) as b:
+        assert not any(np.shares_memory(a[name], b[name]) for name in ("qkv", "h", "y"))
+    rng = np.random.default_rng(3)
+    inputs = []
+    for _ in range(4):
+        lengths = rng.integers(1, 30, 6)
+        cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        inputs.append((rng.integers(5, 100, int(cu[-1])), cu))
+
+    def forward(i):
+        ids, cu = inputs[i]
+        return encoder.encoder(ids, np.zeros_like(ids), cu, weights, config, packed_layers=packed)[0]
+
+    expected = [forward(i) for i in range(4)]
+    start = threading.Barrier(4)
+
+    def work(i):
+        start.wait()
+        return [forward(i) for _ in range(20)]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, range(4)))
+    for i, runs in enumerate(results):
+        for run in runs:
+            np.testing.assert_array_equal(run, expected[i])
     assert 1 <= len(encoder._idle) <= encoder.IDLE_SCRATCHES
 
 

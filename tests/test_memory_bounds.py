@@ -308,8 +308,11 @@ def test_a_forward_pass_reuses_its_buffers(klue_model, compute):
     second pass allocates little more than its result: the hidden state and the embeddings."""
     import tracemalloc
 
+    from refimpl.engines.fast.kernels import cpu
     from tests.helpers import random_sentences
 
+    if cpu.requested_tier() == "blas":
+        pytest.skip("the BLAS tier's products allocate their own results (numpy.matmul)")
     model = SentenceTransformer(klue_model, compute=compute)
     texts = random_sentences(32, seed=5, max_words=20)
     tokens = int(model.tokenize(texts)["attention_mask"].sum())
@@ -323,3 +326,25 @@ def test_a_forward_pass_reuses_its_buffers(klue_model, compute):
     hidden_state = tokens * model.pipeline.transformer.config.hidden_size * 4
     print(f"{compute}: {tokens} tokens, peak of new allocations {peak / hidden_state:.2f} hidden states")
     assert peak < 2.5 * hidden_state  # with fresh arrays in every layer: 8-9 hidden states (measured)
+
+
+def test_a_pass_larger_than_encodes_keeps_no_buffers(tiny_model):
+    """forward() runs a whole batch in one pass; its buffers are dropped after it, while those of
+    encode's passes (at most MAX_TOKENS_PER_FORWARD tokens) are kept for the next pass."""
+    from refimpl.engines import fast
+    from refimpl.engines.fast import encoder
+
+    assert encoder.KEEP_TOKENS == fast.MAX_TOKENS_PER_FORWARD
+    model = SentenceTransformer(tiny_model("bert"), compute="int8")
+    weights, config = model.weights, model.pipeline.transformer.config
+    packed = model.pipeline.transformer.engine().packed_layers()
+
+    def kept_after(tokens):
+        encoder._idle.clear()
+        ids = np.full(tokens, 5, np.int64)
+        cu = np.arange(0, tokens + 1, 8, dtype=np.int64)
+        encoder.encoder(ids, np.zeros(tokens, np.int64), cu, weights, config, packed_layers=packed)
+        return [scratch.tokens for scratch in encoder._idle]
+
+    assert kept_after(encoder.KEEP_TOKENS) == [encoder.KEEP_TOKENS]
+    assert kept_after(2 * encoder.KEEP_TOKENS) == []

@@ -63,11 +63,15 @@ def embeddings(input_ids, token_type_ids, cu_seqlens, w, config: EncoderConfig):
 SMALL_BATCH_TOKENS = 96
 
 
-def matmul_t(x, weight):
-    """x W^T through BLAS on the [out, in] layout (no transposed copy of W)."""
+def matmul_t(x, weight, out=None):
+    """x W^T through BLAS on the [out, in] layout (no transposed copy of W), into ``out`` if given."""
     if x.shape[0] < SMALL_BATCH_TOKENS:
-        return np.matmul(weight, x.T).T.copy()  # [out, in] x [in, N] -> [out, N] -> [N, out]
-    return np.matmul(x, weight.T)  # [N, in] -> [N, out]
+        y = np.matmul(weight, x.T).T  # [out, in] x [in, N] -> [out, N] -> [N, out]
+        if out is None:
+            return y.copy()
+        out[...] = y
+        return out
+    return np.matmul(x, weight.T, out=out)  # [N, in] -> [N, out]
 
 
 def linear(x, w, packed=None, with_bias=True, gelu=False, out=None, activations=None):
@@ -82,15 +86,12 @@ def linear(x, w, packed=None, with_bias=True, gelu=False, out=None, activations=
 
         bias = w["bias"] if with_bias else None
         return packed_linear(x, packed, bias, gelu=gelu, out=out, activations=activations)
-    y = matmul_t(x, w["weight"])
+    y = matmul_t(x, w["weight"], out)
     if gelu:
         norms.bias_gelu(y, w["bias"])
     elif with_bias:
         y += w["bias"]
-    if out is None:
-        return y
-    out[...] = y
-    return out
+    return y
 
 
 class Scratch:
@@ -130,9 +131,12 @@ class Scratch:
 
 # Scratches no pass is using, at most IDLE_SCRATCHES of them: a pass takes one of its shape (or a new
 # one) and gives it back, so memory follows the passes that run at once, not the threads that ever ran one.
+# One grown past KEEP_TOKENS (a forward() or verify of a whole batch in one pass) is not kept: encode's
+# passes are at most the engine's MAX_TOKENS_PER_FORWARD, and a 64 x 512-token pass's would stay 600 MB.
 _idle: list[Scratch] = []
 _idle_lock = threading.Lock()
 IDLE_SCRATCHES = 4
+KEEP_TOKENS = 1024  # engines.fast.MAX_TOKENS_PER_FORWARD (tests/test_memory_bounds.py checks they agree)
 
 
 @contextlib.contextmanager
@@ -142,7 +146,7 @@ def _scratch(n, config: EncoderConfig, dtype, packed_layers):
     if packed_layers:
         from refimpl.engines.fast.kernels.matmul import activation_bytes
 
-        prepared_bytes = max(activation_bytes(p, n) for p in packed_layers[0].values())
+        prepared_bytes = max((activation_bytes(p, n) for p in packed_layers[0].values()), default=0)
     key = (np.dtype(dtype), config.hidden_size, config.intermediate_size)
     with _idle_lock:
         match = next((i for i in reversed(range(len(_idle))) if _idle[i].key == key), None)
@@ -150,14 +154,15 @@ def _scratch(n, config: EncoderConfig, dtype, packed_layers):
     try:
         yield scratch.views(n, prepared_bytes)
     finally:
-        with _idle_lock:
-            _idle.append(scratch)
-            del _idle[:-IDLE_SCRATCHES]
+        if scratch.tokens <= KEEP_TOKENS:
+            with _idle_lock:
+                _idle.append(scratch)
+                del _idle[:-IDLE_SCRATCHES]
 
 
 def _prepared(x, packed, scratch):
-    """x quantised or rounded for the product of ``packed`` on the pass's scratch (no fresh pages);
-    None with BLAS or without scratch (the product then prepares its own)."""
+    """x quantised or rounded for the product of ``packed`` on the pass's scratch (no fresh pages), in
+    parallel when the product is; None with BLAS or without scratch (the product prepares its own)."""
     if packed is None or not scratch:
         return None
     from refimpl.engines.fast.kernels.matmul import activations
@@ -182,6 +187,8 @@ def attention(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False,
     scale = _scalar(config.head_dim**-0.5, x.dtype)
     heads = config.num_attention_heads
     stacked = packed.get("self.qkv")  # query, key and value as one product: [N, H] -> [N, 3H]
+    if packed and stacked is None:
+        raise ValueError(f"packed attention products {sorted(packed)} lack 'self.qkv' (query, key and value stacked)")
     if stacked is not None:
         bias = {"bias": np.concatenate([sw[name]["bias"] for name in ("query", "key", "value")])}
         qkv = linear(x, bias, stacked, out=scratch.get("qkv"), activations=_prepared(x, stacked, scratch))
@@ -231,7 +238,7 @@ def ffn(x, w, config: EncoderConfig, packed=None, scratch=None, out=None):
 
 def layer(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False, packed=None, scratch=None, in_place=False):
     """RobertaLayer on packed tokens (and, when asked, its attention probabilities per sequence);
-    ``packed``: the layer's packed linear layers by their checkpoint names, or None (BLAS);
+    ``packed``: the layer's packed products by name (packed_weights.PACKED), or None (BLAS);
     ``in_place``: write the result over x (the pass keeps no earlier hidden state)."""
     packed = packed or {}
     attention_packed = {

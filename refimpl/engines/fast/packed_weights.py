@@ -31,6 +31,7 @@ import hashlib
 import logging
 import mmap
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ def sub_dict(weights: dict, dotted: str) -> dict:
 
 
 def pack_all(weights: dict, mode: str) -> dict[str, np.ndarray]:
-    """Every linear layer packed, as one flat dict of arrays ("layer.3.attention.self.query.w", ...)."""
+    """Every packed product, as one flat dict of arrays ("layer.3.attention.self.qkv.w", ...)."""
     from refimpl.engines.fast.kernels.matmul import pack
 
     arrays = {}
@@ -167,13 +168,22 @@ def load_or_pack(weights: dict, mode: str, weights_file: Path | None, use_cache:
     return {prefix: PackedLinear.from_dict(arrays, prefix=prefix) for prefix in prefixes}
 
 
+def _format_of(name: str, prefix: str):
+    """(format version, layout) of a cache file named ``prefix-vF[.L].safetensors`` (layout 1 when
+    absent), or None for any other name."""
+    match = re.fullmatch(re.escape(prefix) + r"-v(\d+)(?:\.(\d+))?\.safetensors", name)
+    return (int(match.group(1)), int(match.group(2) or 1)) if match else None
+
+
 def _remove_older_formats(path: Path):
-    """Delete this weights file's caches in the mode of another format or layout (e.g. v1 beside
-    v1.2): nothing reads them again, and each is as large as the packed weights. (A process still
-    mapping one keeps its pages until it unmaps them.)"""
-    fingerprint_and_mode = path.name.split("-v", 1)[0]
-    for other in path.parent.glob(f"{fingerprint_and_mode}-v*.safetensors"):
-        if other != path:
+    """Delete this weights file's caches in the mode of an older format or layout (v1 beside v1.2):
+    nothing reads them again, and each is as large as the packed weights. Newer ones are kept (another
+    refimpl sharing the folder reads them); a process still mapping one keeps its pages."""
+    prefix = path.name.split("-v", 1)[0]  # fingerprint-mode
+    current = _format_of(path.name, prefix)
+    for other in path.parent.glob(f"{prefix}-v*.safetensors"):
+        version = _format_of(other.name, prefix)
+        if version is not None and version < current:
             try:
                 other.unlink()
                 logger.info("refimpl: removed the packed-weight cache %s of an older format", other)

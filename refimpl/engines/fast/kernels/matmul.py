@@ -171,16 +171,24 @@ def activation_bytes(packed, rows, tier=None):
     return common.bf16_activation_bytes(rows, w.shape[1] * 2, mod.BF16_AS_FLOAT32)
 
 
-def activations(x, packed, tier=None, parallel=True, scratch=None):
+def _parallel_by_size(rows, packed):
+    """linear's rule for parallel=None: serial below SERIAL_FLOPS (threads.serial_flops by default)."""
+    threshold = SERIAL_FLOPS if SERIAL_FLOPS is not None else policy.serial_flops()
+    return 2.0 * rows * packed.n * packed.k >= threshold
+
+
+def activations(x, packed, tier=None, parallel=None, scratch=None):
     """``x`` [M, in] prepared once for every product with ``packed``'s mode and in_features on the tier:
     int8 quantised per row, bf16 rounded; None where there is nothing to prepare (float32, the BLAS
     tier). ``scratch``: a 1-D uint8 array of at least ``activation_bytes`` to hold them, else new
-    arrays. Pass the result to ``linear(..., activations=)`` with the same x: the products give the
-    same bits as without it."""
+    arrays; ``parallel``: as linear's. Pass the result to ``linear(..., activations=)`` with the same
+    x: the products give the same bits as without it."""
     choice, mod = kernel_for(packed.mode, tier)
     if choice.tier == "blas" or packed.mode == "f32":
         return None
     x = _float32_rows(x, packed.k)
+    if parallel is None:
+        parallel = _parallel_by_size(x.shape[0], packed)
     w = packed.arrays["w"]
     if packed.mode == "int8":
         arrays = mod.prepare_int8(x, w.shape[1] * 4, parallel, scratch)
@@ -217,8 +225,7 @@ def linear(x, packed, bias=None, gelu=False, out=None, tier=None, parallel=None,
     if M == 0:
         return out
     if parallel is None:
-        thr = SERIAL_FLOPS if SERIAL_FLOPS is not None else policy.serial_flops()
-        parallel = 2.0 * M * packed.n * packed.k >= thr
+        parallel = _parallel_by_size(M, packed)
     if not threads.configured:
         threads.ensure_configured()
     choice, _, kernel = _kernel(packed.mode, tier)
