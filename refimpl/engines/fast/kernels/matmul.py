@@ -3,8 +3,8 @@
     from refimpl.engines.fast.kernels import matmul as api
     p = api.pack(W, "int8")                 # W [out, in] float32 (nn.Linear layout)
     y = api.linear(x, p, bias, gelu=True)   # x [M, in] float32 -> y [M, out] float32
-    a = api.activations(x, p)               # x quantised / rounded once, for every product
-    y = api.linear(x, p, activations=a)     # that reads it (Q, K and V share one)
+    a = api.activations(x, p, scratch=buf)  # x quantised / rounded once, into a buffer of
+    y = api.linear(x, p, activations=a)     # activation_bytes(p, M) bytes kept between calls
 
 ``PackedLinear.to_dict()`` / ``PackedLinear.from_dict(d)`` convert to and from
 a flat ``{name: np.ndarray}`` dict (safetensors / .npy friendly; arrays may be
