@@ -9,6 +9,7 @@
     python -m tools.microbench numba-rss      # what importing numba and loading a kernel add to RSS
     python -m tools.microbench qkv            # query, key and value as three products or one stacked
     python -m tools.microbench attention-call # attention's Python wrapper against its numba driver, batch 1
+    python -m tools.microbench stream         # 12 layers' packed weights read as plain streams (batch 1's floor)
 
 Run on an idle machine; each prints its measurements.
 """
@@ -287,8 +288,76 @@ def attention_call():
     print(f"attention(..., parallel=False) {public:.1f} us, its serial driver alone {driver:.1f} us")
 
 
+def _stream_reader():
+    """A 2-thread xor reader of one array (tools.peaks' loop) that, with ``ahead`` > 0, also prefetches
+    the first ``ahead`` bytes of the next array into L2 during the second half of its own read."""
+    from numba import njit, prange, types
+    from numba.extending import intrinsic
+
+    from refimpl.engines.fast.kernels import intrinsics as X
+    from tools.peaks import _xor_range
+
+    @intrinsic
+    def prefetch_l2(typingctx, array, offset):
+        def codegen(context, builder, sig, args):
+            base = builder.bitcast(X.data_ptr(context, builder, sig.args[0], args[0]), X.I8.as_pointer())
+            X.prefetch(builder, X.ptr_add(builder, base, args[1]), 2)
+            return context.get_dummy_value()
+
+        return types.void(array, types.intp), codegen
+
+    @njit(parallel=True)
+    def read(a, following, ahead, nthreads):
+        per = (a.size + nthreads - 1) // nthreads
+        sums = np.zeros(nthreads, np.uint64)
+        for t in prange(nthreads):
+            lo, hi = t * per, min(a.size, (t + 1) * per)
+            chunk, share = (hi - lo) // 16, ahead // nthreads
+            total = np.uint64(0)
+            for i in range(16):
+                total ^= _xor_range(a, lo + i * chunk, lo + (i + 1) * chunk)
+                if ahead and i >= 8:  # this thread's share of the next array's start, in 8 pieces
+                    first = t * share + (i - 8) * share // 8
+                    for byte in range(first, min(first + share // 8, following.size * 8), 64):
+                        prefetch_l2(following, byte)
+            sums[t] = total
+        return sums[0]
+
+    return read
+
+
+def stream():
+    """The packed weights of 12 klue-shaped layers (random) read as 72 plain streams, one array after
+    the other as the products read them at batch 1, without and with prefetching the next array's start."""
+    from refimpl.engines.fast.kernels import matmul
+
+    read = _stream_reader()
+    rng = np.random.default_rng(0)
+    for mode in ("f32", "bf16", "int8"):
+        arrays = [
+            matmul.pack(rng.standard_normal(shape, dtype=np.float32), mode).arrays["w"].reshape(-1).view(np.uint64)
+            for _ in range(12)
+            for shape in SHAPES
+        ]
+        nbytes = sum(a.nbytes for a in arrays)
+        read(arrays[0][:4096], arrays[1], 0, 2)
+        times = {0: [], 128 << 10: []}
+        for _ in range(5):
+            for ahead, values in times.items():
+                start = time.perf_counter()
+                for i, a in enumerate(arrays):
+                    read(a, arrays[(i + 1) % len(arrays)], ahead, 2)
+                values.append(time.perf_counter() - start)
+        plain, ahead = (statistics.median(v) for v in times.values())
+        print(
+            f"{mode}: {nbytes / 1e6:.0f} MB in {plain * 1e3:.2f} ms ({nbytes / plain / 1e9:.1f} GB/s); "
+            f"prefetching 128 KB of the next array: {ahead * 1e3:.2f} ms"
+        )
+
+
 def main():
     commands = {
+        "stream": stream,
         "qkv": qkv,
         "attention-call": attention_call,
         "orientation": orientation,
