@@ -18,6 +18,8 @@ Register tiles:
 Same work split / batch-invariance argument as avx512.py.
 """
 
+import sys
+
 import numpy as np
 from numba import njit, prange
 
@@ -206,38 +208,9 @@ def gemm_bf16_serial(xa, bb, bias, gelu, out, mb):
 
 
 # ------------------------------------------------------------ entry points
-# NB: the parallel=True functions are only ever called from Python.  A cached
-# @njit function that calls a parallel=True function segfaults when it is
-# loaded back from numba's cache (numba 0.68), so the glue below is Python.
-
+# The glue (common.TierGlue) is Python: the parallel=True drivers are only ever called from Python.
 
 BF16_AS_FLOAT32 = True  # bf16 activations as float32 values (AVX2 emulation)
-
-
-def prepare_int8(x, kp, parallel=True, scratch=None):
-    """Quantise activations for this module's int8 kernel -> (qa [M,kp] int8 = q, sx [M])."""
-    return C.int8_activations(x, kp, parallel, np.int8, 0, scratch)
-
-
-def prepare_bf16(x, kp2, parallel=True, scratch=None):
-    return C.bf16_activations(x, kp2, parallel, BF16_AS_FLOAT32, scratch)
-
-
-def linear_f32(x, packed, bias, gelu, out, parallel=True, prepared=None):
-    mb = C.block_rows(out.shape[0], MB, MR_F32)
-    (gemm_f32 if parallel else gemm_f32_serial)(x, packed["w"], bias, gelu, out, mb)
-
-
-def linear_int8(x, packed, bias, gelu, out, parallel=True, prepared=None):
-    w = packed["w"]
-    qa, sx = prepared if prepared is not None else prepare_int8(x, w.shape[1] * 4, parallel)
-    (gemm_int8 if parallel else gemm_int8_serial)(
-        qa, sx, w, packed["scale"], packed["colsum"], bias, gelu, out, C.block_rows(out.shape[0], MB, MR_I8)
-    )
-
-
-def linear_bf16(x, packed, bias, gelu, out, parallel=True, prepared=None):
-    w = packed["w"]
-    (xa,) = prepared if prepared is not None else (prepare_bf16(x, w.shape[1] * 2, parallel),)
-    mb = C.block_rows(out.shape[0], MB, MR_BF16)
-    (gemm_bf16 if parallel else gemm_bf16_serial)(xa, w, bias, gelu, out, mb)
+_glue = C.TierGlue(sys.modules[__name__], np.int8, 0, BF16_AS_FLOAT32, {"f32": MR_F32, "int8": MR_I8, "bf16": MR_BF16})
+prepare_int8, prepare_bf16 = _glue.prepare_int8, _glue.prepare_bf16
+linear_f32, linear_int8, linear_bf16 = _glue.linear_f32, _glue.linear_int8, _glue.linear_bf16

@@ -18,6 +18,8 @@ dequantisation / GELU).  Nothing about an output element's arithmetic depends
 on M, the tile, the item or the thread -> batch invariant.
 """
 
+import sys
+
 import numpy as np
 from numba import njit, prange
 
@@ -199,38 +201,9 @@ def gemm_bf16_serial(xa, bb, bias, gelu, out, mb):
 
 
 # ------------------------------------------------------------ entry points
-# NB: the parallel=True functions are only ever called from Python.  A cached
-# @njit function that calls a parallel=True function segfaults when it is
-# loaded back from numba's cache (numba 0.68), so the glue below is Python.
-
+# The glue (common.TierGlue) is Python: the parallel=True drivers are only ever called from Python.
 
 BF16_AS_FLOAT32 = False  # bf16 activations as float32 values (else uint16 bits, for vdpbf16ps)
-
-
-def prepare_int8(x, kp, parallel=True, scratch=None):
-    """Quantise activations for this module's int8 kernel -> (qa [M,kp] uint8 = q+128, sx [M])."""
-    return C.int8_activations(x, kp, parallel, np.uint8, 128, scratch)
-
-
-def prepare_bf16(x, kp2, parallel=True, scratch=None):
-    return C.bf16_activations(x, kp2, parallel, BF16_AS_FLOAT32, scratch)
-
-
-def linear_f32(x, packed, bias, gelu, out, parallel=True, prepared=None):
-    mb = C.block_rows(out.shape[0], MB, MR)
-    (gemm_f32 if parallel else gemm_f32_serial)(x, packed["w"], bias, gelu, out, mb)
-
-
-def linear_int8(x, packed, bias, gelu, out, parallel=True, prepared=None):
-    w = packed["w"]
-    qa, sx = prepared if prepared is not None else prepare_int8(x, w.shape[1] * 4, parallel)
-    (gemm_int8 if parallel else gemm_int8_serial)(
-        qa, sx, w, packed["scale"], packed["colsum"], bias, gelu, out, C.block_rows(out.shape[0], MB, MR)
-    )
-
-
-def linear_bf16(x, packed, bias, gelu, out, parallel=True, prepared=None):
-    w = packed["w"]
-    (xa,) = prepared if prepared is not None else (prepare_bf16(x, w.shape[1] * 2, parallel),)
-    mb = C.block_rows(out.shape[0], MB, MR)
-    (gemm_bf16 if parallel else gemm_bf16_serial)(xa, w, bias, gelu, out, mb)
+_glue = C.TierGlue(sys.modules[__name__], np.uint8, 128, BF16_AS_FLOAT32, {"f32": MR, "int8": MR, "bf16": MR})
+prepare_int8, prepare_bf16 = _glue.prepare_int8, _glue.prepare_bf16
+linear_f32, linear_int8, linear_bf16 = _glue.linear_f32, _glue.linear_int8, _glue.linear_bf16

@@ -173,6 +173,48 @@ def bf16_activations(x, kp2, parallel, as_float32, scratch=None):
     return xa
 
 
+class TierGlue:
+    """A tier's Python entry points around its numba drivers (``gemm_<mode>`` and ``gemm_<mode>_serial``,
+    rows per work item ``MB`` read from the module at each call, so tools can change it): the same for
+    every tier but for the layout of the prepared activations and the register tiles' heights.
+    Plain Python, because a cached @njit function calling a parallel=True one segfaults when numba loads
+    it back from its cache (0.68)."""
+
+    def __init__(self, tier, int8_dtype, int8_offset, bf16_as_float32, tile_rows):
+        self.tier = tier  # the tier's module
+        self.int8_dtype, self.int8_offset = int8_dtype, int8_offset  # int8 + 0 (sign trick), uint8 + 128 (VNNI)
+        self.bf16_as_float32 = bf16_as_float32  # float32 values (emulation), else uint16 bits (vdpbf16ps)
+        self.tile_rows = tile_rows  # {mode: MR}
+
+    def _driver(self, mode, parallel):
+        return getattr(self.tier, "gemm_" + mode if parallel else "gemm_%s_serial" % mode)
+
+    def _rows_per_item(self, mode, out):
+        return block_rows(out.shape[0], self.tier.MB, self.tile_rows[mode])
+
+    def prepare_int8(self, x, kp, parallel=True, scratch=None):
+        """Quantised activations for this tier's int8 kernel -> (q [M, kp], sx [M])."""
+        return int8_activations(x, kp, parallel, self.int8_dtype, self.int8_offset, scratch)
+
+    def prepare_bf16(self, x, kp2, parallel=True, scratch=None):
+        return bf16_activations(x, kp2, parallel, self.bf16_as_float32, scratch)
+
+    def linear_f32(self, x, packed, bias, gelu, out, parallel=True, prepared=None):
+        self._driver("f32", parallel)(x, packed["w"], bias, gelu, out, self._rows_per_item("f32", out))
+
+    def linear_int8(self, x, packed, bias, gelu, out, parallel=True, prepared=None):
+        w = packed["w"]
+        qa, sx = prepared if prepared is not None else self.prepare_int8(x, w.shape[1] * 4, parallel)
+        self._driver("int8", parallel)(
+            qa, sx, w, packed["scale"], packed["colsum"], bias, gelu, out, self._rows_per_item("int8", out)
+        )
+
+    def linear_bf16(self, x, packed, bias, gelu, out, parallel=True, prepared=None):
+        w = packed["w"]
+        (xa,) = prepared if prepared is not None else (self.prepare_bf16(x, w.shape[1] * 2, parallel),)
+        self._driver("bf16", parallel)(xa, w, bias, gelu, out, self._rows_per_item("bf16", out))
+
+
 # ------------------------------------------------------------- epilogues
 @njit(inline="always", cache=True)
 def epi_f32(T, nr, mr, nc, out, i0, j0, bias, gelu):
