@@ -65,9 +65,9 @@ _bad = intrinsics.make_microkernel("bf16_emu_swapped", 1, 16)
 @njit
 def _tile(xa, bb, kh, good, T):
     if good:
-        _good(xa, 0, xa.size, 1, bb, 0, 96, kh, T, 0)
+        _good(xa, 0, xa.size, 1, bb, 0, 96, kh, T, 0, 0, 0)
     else:
-        _bad(xa, 0, xa.size, 1, bb, 0, 96, kh, T, 0)
+        _bad(xa, 0, xa.size, 1, bb, 0, 96, kh, T, 0, 0, 0)
 
 
 def test_swapped_bf16_order_is_caught():

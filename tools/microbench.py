@@ -10,6 +10,7 @@
     python -m tools.microbench qkv            # query, key and value as three products or one stacked
     python -m tools.microbench attention-call # attention's Python wrapper against its numba driver, batch 1
     python -m tools.microbench stream         # 12 layers' packed weights read as plain streams (batch 1's floor)
+    python -m tools.microbench overlap        # batch-1 products against plain streams of their weights, by rows
 
 Run on an idle machine; each prints its measurements.
 """
@@ -355,8 +356,69 @@ def stream():
         )
 
 
+STACKED = [(2304, 768), (768, 768), (3072, 768), (768, 3072)]  # one layer's products with QKV stacked
+
+
+def overlap():
+    """A pass's 48 products (12 random klue-shaped layers, QKV stacked) at 1, 8, 16 and 17 rows, beside
+    plain streams of the same weights, alternating in one process: at batch 1 the products read as much
+    memory as they compute, and a product time near the stream's means the two overlap. Run with
+    PYTHONPATH=OLD_CHECKOUT:$PWD to compare another commit's kernels."""
+    from refimpl.engines.fast.kernels import matmul, policy
+
+    read = _stream_reader()
+    rng = np.random.default_rng(0)
+    row_counts = (1, 8, 16, 17)
+    for mode in ("f32", "bf16", "int8"):
+        layers = [
+            [
+                (
+                    matmul.pack(rng.standard_normal(s, dtype=np.float32) * 0.05, mode),
+                    rng.standard_normal(s[0]).astype(np.float32),
+                )
+                for s in STACKED
+            ]
+            for _ in range(12)
+        ]
+        arrays = [packed.arrays["w"].reshape(-1).view(np.uint64) for layer in layers for packed, _ in layer]
+        inputs = {
+            rows: {k: rng.standard_normal((rows, k)).astype(np.float32) for k in (768, 3072)} for rows in row_counts
+        }
+        outputs = {rows: {n: np.empty((rows, n), np.float32) for n in (768, 2304, 3072)} for rows in row_counts}
+
+        def products(rows):
+            with policy.forward_pass():
+                for layer in layers:
+                    for packed, bias in layer:
+                        x, out = inputs[rows][packed.k], outputs[rows][packed.n]
+                        matmul.linear(x, packed, bias, gelu=packed.n == 3072, out=out)
+
+        def streams():
+            for i, a in enumerate(arrays):
+                read(a, arrays[(i + 1) % len(arrays)], 0, 2)
+
+        cases = {"stream": streams, **{f"{rows} rows": (lambda rows=rows: products(rows)) for rows in row_counts}}
+        times = {name: [] for name in cases}
+        for repeat in range(10):
+            for name, run in cases.items():
+                start = time.perf_counter()
+                run()
+                if repeat:  # the first round warms up
+                    times[name].append(time.perf_counter() - start)
+        plain = statistics.median(times["stream"])
+        nbytes = sum(a.nbytes for a in arrays)
+        print(
+            f"{mode}: {nbytes / 1e6:.0f} MB, "
+            + ", ".join(
+                f"{name} {statistics.median(v) * 1e3:.2f} ms ({statistics.median(v) / plain:.2f}x)"
+                for name, v in times.items()
+            )
+        )
+
+
 def main():
     commands = {
+        "overlap": overlap,
         "stream": stream,
         "qkv": qkv,
         "attention-call": attention_call,

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from refimpl.engines.fast.kernels import common as C
-from refimpl.engines.fast.kernels.intrinsics import PREFETCH_FLAG, make_microkernel
+from refimpl.engines.fast.kernels.intrinsics import make_microkernel
 
 NRP = C.NRP  # 48: packed panel width
 NR = 16  # sub-panel width of the microkernels
@@ -34,14 +34,15 @@ MR_F32, MR_I8, MR_BF16 = 6, 4, 5
 # --cold --rows 1000 --mb 48 96 192: 96 no faster, 192 slower
 MB = 48
 KC = 256  # k steps per cache block
-PF_BYTES = 16384  # software prefetch distance (in the 192-byte-stride panel) ...
-PF_TILES = 3  # ... in the first PF_TILES tile passes over a B block
 TILES = {"f32": "%dx%d" % (MR_F32, NR), "int8": "%dx%d" % (MR_I8, NR), "bf16": "%dx%d" % (MR_BF16, NR)}
 FEATURES = {"f32": ("avx2", "fma"), "int8": ("avx2",), "bf16": ("avx2", "fma")}
 
-mk_f32 = make_microkernel("f32_avx2", MR_F32, NR, PF_BYTES, NR * 4)
-mk_i8 = make_microkernel("i8_avx2", MR_I8, NR, PF_BYTES, NR * 4)
-mk_bf16 = make_microkernel("bf16_emu", MR_BF16, NR, PF_BYTES, NR * 4)
+STEP_BYTES = NRP * 4  # bytes of a panel per k step in every mode (48 float32, 48 x 4 int8, 48 x 2 bf16)
+# The tiles prefetch the panel's next block into L2 while they compute (common.prefetch_plan): the first
+# sub-panel's all of it when there are three tile passes or more, else each sub-panel its own lines.
+mk_f32 = make_microkernel("f32_avx2", MR_F32, NR, STEP_BYTES // 64, 2)
+mk_i8 = make_microkernel("i8_avx2", MR_I8, NR, STEP_BYTES // 64, 2)
+mk_bf16 = make_microkernel("bf16_emu", MR_BF16, NR, STEP_BYTES // 64, 2)
 
 
 # ----------------------------------------------------------- work items
@@ -68,22 +69,24 @@ def _item_f32(it, x, bp, bias, gelu, out, mb):
     for k0 in range(0, K, KC):
         ks = min(KC, K - k0)
         for t in range(nt):
-            off, mr = C.tile_rows(rows, MR_F32, t)
-            mrf = mr | (PREFETCH_FLAG if t < PF_TILES else 0)
+            off, mr = C.tile_rows(rows, nt, t)
+            lines, pf, pf_stride = C.prefetch_plan(nt, t, ks, (p * K + k0) * STEP_BYTES, STEP_BYTES, s, NR * 4)
             mk_f32(
                 x,
                 (r0 + off) * K + k0,
                 K,
-                mrf,
+                mr + lines,
                 bp,
                 (p * K + k0) * NRP + s * NR,
                 NRP,
                 ks,
                 T[t * MR_F32 * NR : (t + 1) * MR_F32 * NR],
                 1 if k0 > 0 else 0,
+                pf,
+                pf_stride,
             )
     for t in range(nt):
-        off, mr = C.tile_rows(rows, MR_F32, t)
+        off, mr = C.tile_rows(rows, nt, t)
         C.epi_f32(T[t * MR_F32 * NR : (t + 1) * MR_F32 * NR], NR, mr, nc, out, r0 + off, j0, bias, gelu)
 
 
@@ -106,22 +109,24 @@ def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb):
     for k0 in range(0, KG, KC):
         ks = min(KC, KG - k0)
         for t in range(nt):
-            off, mr = C.tile_rows(rows, MR_I8, t)
-            mrf = mr | (PREFETCH_FLAG if t < PF_TILES else 0)
+            off, mr = C.tile_rows(rows, nt, t)
+            lines, pf, pf_stride = C.prefetch_plan(nt, t, ks, (p * KG + k0) * STEP_BYTES, STEP_BYTES, s, NR * 4)
             mk_i8(
                 qa,
                 (r0 + off) * Kp + 4 * k0,
                 Kp,
-                mrf,
+                mr + lines,
                 bq,
                 (p * KG + k0) * NRP * 4 + s * NR * 4,
                 NRP * 4,
                 ks,
                 T[t * MR_I8 * NR : (t + 1) * MR_I8 * NR],
                 1 if k0 > 0 else 0,
+                pf,
+                pf_stride,
             )
     for t in range(nt):
-        off, mr = C.tile_rows(rows, MR_I8, t)
+        off, mr = C.tile_rows(rows, nt, t)
         C.epi_i8(T[t * MR_I8 * NR : (t + 1) * MR_I8 * NR], NR, mr, nc, out, r0 + off, j0, bias, sx, sw, colsum, 0, gelu)
 
 
@@ -144,22 +149,24 @@ def _item_bf16(it, xa, bb, bias, gelu, out, mb):
     for k0 in range(0, KH, KC):
         ks = min(KC, KH - k0)
         for t in range(nt):
-            off, mr = C.tile_rows(rows, MR_BF16, t)
-            mrf = mr | (PREFETCH_FLAG if t < PF_TILES else 0)
+            off, mr = C.tile_rows(rows, nt, t)
+            lines, pf, pf_stride = C.prefetch_plan(nt, t, ks, (p * KH + k0) * STEP_BYTES, STEP_BYTES, s, NR * 4)
             mk_bf16(
                 xa,
                 (r0 + off) * Kp2 + 2 * k0,
                 Kp2,
-                mrf,
+                mr + lines,
                 bb,
                 (p * KH + k0) * NRP * 2 + s * NR * 2,
                 NRP * 2,
                 ks,
                 T[t * MR_BF16 * NR : (t + 1) * MR_BF16 * NR],
                 1 if k0 > 0 else 0,
+                pf,
+                pf_stride,
             )
     for t in range(nt):
-        off, mr = C.tile_rows(rows, MR_BF16, t)
+        off, mr = C.tile_rows(rows, nt, t)
         C.epi_f32(T[t * MR_BF16 * NR : (t + 1) * MR_BF16 * NR], NR, mr, nc, out, r0 + off, j0, bias, gelu)
 
 

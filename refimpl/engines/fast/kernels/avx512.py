@@ -11,11 +11,13 @@ Register tiles (32 zmm): MR x NR = 8 x 48 for every mode -> 24 accumulators,
 
 Loop structure (all modes): work items = (row block of MB rows) x (panel of
 48 columns), distributed by ``prange``.  Inside an item the
-rows are split into balanced tiles of <= MR rows; each tile runs the full K
-loop in registers (k in increasing order, one chain per output element), is
-stored to a scratch tile and finished by the shared epilogue (bias /
-dequantisation / GELU).  Nothing about an output element's arithmetic depends
-on M, the tile, the item or the thread -> batch invariant.
+rows are split into balanced tiles of <= MR rows (three, not two, for 9-16 rows:
+``common.n_tiles_spread``); each tile runs the K loop of a block of B in registers
+while it prefetches a share of the next block into L2 (``common.prefetch_plan``)
+(k in increasing order, one chain per output element), is stored to a scratch
+tile and finished by the shared epilogue (bias / dequantisation / GELU).  Nothing
+about an output element's arithmetic depends on M, the tile, the item or the
+thread -> batch invariant.
 """
 
 import sys
@@ -24,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from refimpl.engines.fast.kernels import common as C
-from refimpl.engines.fast.kernels.intrinsics import PREFETCH_FLAG, make_microkernel
+from refimpl.engines.fast.kernels.intrinsics import make_microkernel
 
 NR = 48
 MR = 8
@@ -33,14 +35,14 @@ MR = 8
 # --cold --rows R --mb 64 256): 494 rows float32 +7%, int8 +6%, bf16 +6%; 1,000 rows +1-2%, bf16 0
 MB = 256
 KC = 192  # k steps per cache block (B block = 192*192 B = 36 KB, in L1)
-PF_BYTES = 16384  # software prefetch distance (bytes of B ahead) ...
-PF_TILES = 3  # ... in the first PF_TILES tile passes over a B block (batch-1: all)
+STEP_BYTES = NR * 4  # bytes of B per k step in every mode: 48 float32, 48 x 4 int8, 48 x 2 bf16
 TILES = {"f32": "%dx%d" % (MR, NR), "int8": "%dx%d" % (MR, NR), "bf16": "%dx%d" % (MR, NR)}
 FEATURES = {"f32": ("avx512f",), "int8": ("avx512f", "avx512bw", "avx512vnni"), "bf16": ("avx512f", "avx512bf16")}
 
-mk_f32 = make_microkernel("f32_avx512", MR, NR, PF_BYTES, NR * 4)
-mk_i8 = make_microkernel("i8_vnni", MR, NR, PF_BYTES, NR * 4)
-mk_bf16 = make_microkernel("bf16_avx512", MR, NR, PF_BYTES, NR * 4)
+# the tiles prefetch the next block of B into L2 while they compute on this one (common.prefetch_plan)
+mk_f32 = make_microkernel("f32_avx512", MR, NR, STEP_BYTES // 64, 2)
+mk_i8 = make_microkernel("i8_vnni", MR, NR, STEP_BYTES // 64, 2)
+mk_bf16 = make_microkernel("bf16_avx512", MR, NR, STEP_BYTES // 64, 2)
 
 
 # ----------------------------------------------------------- work items
@@ -60,27 +62,29 @@ def _item_f32(it, x, bp, bias, gelu, out, mb):
     nc = min(NR, N - j0)
     r0 = blk * mb
     rows = min(mb, M - r0)
-    nt = C.n_tiles(rows, MR)
+    nt = C.n_tiles_spread(rows, MR)
     T = np.empty(nt * MR * NR, np.float32)
     for k0 in range(0, K, KC):
         ks = min(KC, K - k0)
         for t in range(nt):
-            off, mr = C.tile_rows(rows, MR, t)
-            mrf = mr | (PREFETCH_FLAG if t < PF_TILES else 0)
+            off, mr = C.tile_rows(rows, nt, t)
+            lines, pf, pf_stride = C.prefetch_plan(nt, t, ks, (p * K + k0) * STEP_BYTES, STEP_BYTES)
             mk_f32(
                 x,
                 (r0 + off) * K + k0,
                 K,
-                mrf,
+                mr + lines,
                 bp,
                 (p * K + k0) * NR,
                 NR,
                 ks,
                 T[t * MR * NR : (t + 1) * MR * NR],
                 1 if k0 > 0 else 0,
+                pf,
+                pf_stride,
             )
     for t in range(nt):
-        off, mr = C.tile_rows(rows, MR, t)
+        off, mr = C.tile_rows(rows, nt, t)
         C.epi_f32(T[t * MR * NR : (t + 1) * MR * NR], NR, mr, nc, out, r0 + off, j0, bias, gelu)
 
 
@@ -96,27 +100,29 @@ def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb):
     nc = min(NR, N - j0)
     r0 = blk * mb
     rows = min(mb, M - r0)
-    nt = C.n_tiles(rows, MR)
+    nt = C.n_tiles_spread(rows, MR)
     T = np.empty(nt * MR * NR, np.int32)
     for k0 in range(0, KG, KC):
         ks = min(KC, KG - k0)
         for t in range(nt):
-            off, mr = C.tile_rows(rows, MR, t)
-            mrf = mr | (PREFETCH_FLAG if t < PF_TILES else 0)
+            off, mr = C.tile_rows(rows, nt, t)
+            lines, pf, pf_stride = C.prefetch_plan(nt, t, ks, (p * KG + k0) * STEP_BYTES, STEP_BYTES)
             mk_i8(
                 qa,
                 (r0 + off) * Kp + 4 * k0,
                 Kp,
-                mrf,
+                mr + lines,
                 bq,
                 (p * KG + k0) * NR * 4,
                 NR * 4,
                 ks,
                 T[t * MR * NR : (t + 1) * MR * NR],
                 1 if k0 > 0 else 0,
+                pf,
+                pf_stride,
             )
     for t in range(nt):
-        off, mr = C.tile_rows(rows, MR, t)
+        off, mr = C.tile_rows(rows, nt, t)
         C.epi_i8(T[t * MR * NR : (t + 1) * MR * NR], NR, mr, nc, out, r0 + off, j0, bias, sx, sw, colsum, 128, gelu)
 
 
@@ -132,27 +138,29 @@ def _item_bf16(it, xa, bb, bias, gelu, out, mb):
     nc = min(NR, N - j0)
     r0 = blk * mb
     rows = min(mb, M - r0)
-    nt = C.n_tiles(rows, MR)
+    nt = C.n_tiles_spread(rows, MR)
     T = np.empty(nt * MR * NR, np.float32)
     for k0 in range(0, KH, KC):
         ks = min(KC, KH - k0)
         for t in range(nt):
-            off, mr = C.tile_rows(rows, MR, t)
-            mrf = mr | (PREFETCH_FLAG if t < PF_TILES else 0)
+            off, mr = C.tile_rows(rows, nt, t)
+            lines, pf, pf_stride = C.prefetch_plan(nt, t, ks, (p * KH + k0) * STEP_BYTES, STEP_BYTES)
             mk_bf16(
                 xa,
                 (r0 + off) * Kp2 + 2 * k0,
                 Kp2,
-                mrf,
+                mr + lines,
                 bb,
                 (p * KH + k0) * NR * 2,
                 NR * 2,
                 ks,
                 T[t * MR * NR : (t + 1) * MR * NR],
                 1 if k0 > 0 else 0,
+                pf,
+                pf_stride,
             )
     for t in range(nt):
-        off, mr = C.tile_rows(rows, MR, t)
+        off, mr = C.tile_rows(rows, nt, t)
         C.epi_f32(T[t * MR * NR : (t + 1) * MR * NR], NR, mr, nc, out, r0 + off, j0, bias, gelu)
 
 

@@ -9,6 +9,7 @@ twins in ``reference.py`` reproduce it exactly.
 import numpy as np
 from numba import njit, prange
 
+from refimpl.engines.fast.kernels.intrinsics import PREFETCH_FLAG
 from refimpl.engines.fast.kernels.mathf import gelu_f32
 
 NRP = 48  # packed panel width (columns) shared by all tiers
@@ -266,11 +267,9 @@ def block_rows(rows, most, multiple):
 
 
 @njit(inline="always", cache=True)
-def tile_rows(rows, mr_max, t):
-    """Balanced split of ``rows`` into ceil(rows/mr_max) tiles; returns
-    (first row offset, rows) of tile t.  (Any split gives identical results:
-    each output element is one sequential k-chain.)"""
-    nt = (rows + mr_max - 1) // mr_max
+def tile_rows(rows, nt, t):
+    """Balanced split of ``rows`` into ``nt`` tiles; returns (first row offset, rows) of tile t.
+    (Any split gives identical results: each output element is one sequential k-chain.)"""
     base = rows // nt
     extra = rows - base * nt
     if t < extra:
@@ -279,5 +278,49 @@ def tile_rows(rows, mr_max, t):
 
 
 @njit(inline="always", cache=True)
+def prefetch_plan(nt, t, ks, block_byte, step_bytes, sub_panel=0, sub_panel_bytes=0):
+    """What tile pass t of nt over a block of B (``ks`` k steps of ``step_bytes`` from byte ``block_byte``)
+    prefetches: the next block, which in the packed layout follows this one in memory (the next k block
+    of the panel, else the next panel), split between the passes -> (PREFETCH_FLAG x lines per k step,
+    byte offset of the pass's first line, bytes per k step), or (0, 0, 0).
+
+    A tier whose items are narrower than the panel (AVX2's three 16-column sub-panels of
+    ``sub_panel_bytes`` per k step) prefetches the whole next block in the first sub-panel's passes
+    when there are at least as many passes as lines per k step (the others find it in L2); with fewer
+    passes, a short pass cannot issue several lines per k step (at 1-8 rows that was 10-20% slower,
+    REFIMPL_KERNELS=avx2 python -m tools.microbench overlap), so each sub-panel's first pass prefetches
+    its own line of the next block's k steps.
+
+    At batch 1 a product is as much memory as arithmetic. When only the first pass over a block
+    prefetched (16 KB ahead, into L1), it waited on DRAM and the later passes computed with the memory
+    idle. The 48 products of a 17-row pass took 1.50 / 1.36x the time of plain streams of their
+    weights in float32, 1.39 / 1.62x in bf16, 1.85 / 1.85x in int8; with the next block spread over
+    the passes into L2 (and ``n_tiles_spread``), 1.18 / 1.13x, 1.26 / 1.35x and 1.68 / 1.77x
+    (python -m tools.microbench overlap, the old and new checkouts in turn, twice). At 494 rows the
+    time is the same (python -m tools.product_rates --cold)."""
+    lines_per_step = step_bytes // 64
+    if sub_panel_bytes and nt < lines_per_step:
+        if t > 0:
+            return 0, 0, 0
+        return PREFETCH_FLAG, block_byte + ks * step_bytes + sub_panel * sub_panel_bytes, step_bytes
+    lines = (lines_per_step + nt - 1) // nt  # per k step of each pass, so that the passes cover the block
+    if t * lines >= lines_per_step or sub_panel > 0:
+        return 0, 0, 0
+    start = block_byte + ks * step_bytes + t * ks * lines * 64
+    return lines * PREFETCH_FLAG, start, lines * 64
+
+
+@njit(inline="always", cache=True)
 def n_tiles(rows, mr_max):
     return (rows + mr_max - 1) // mr_max
+
+
+@njit(inline="always", cache=True)
+def n_tiles_spread(rows, mr_max):
+    """n_tiles, but three tiles where it would be two (batch 1's 9-16 rows on 8-row tiles): each pass then
+    prefetches one of the next block's three lines per k step (``prefetch_plan``), not two in a pass
+    of half the length. With both, 16 rows went from 1.45 / 1.33x the plain stream to 1.19 / 1.11x in
+    float32, 1.34 / 1.41x to 1.26 / 1.34x in bf16, int8 1.71 / 1.70x to 1.63 / 1.75x (python -m
+    tools.microbench overlap, old and new checkouts in turn, twice)."""
+    nt = (rows + mr_max - 1) // mr_max
+    return 3 if nt == 2 and rows >= 3 else nt

@@ -232,7 +232,7 @@ def set_mxcsr(builder, val):
 
 
 MXCSR_FTZ_DAZ = 0x8040
-PREFETCH_FLAG = 64  # or-ed into ``mr`` to select the prefetching variant
+PREFETCH_FLAG = 64  # ``mr + L * PREFETCH_FLAG`` selects the variant prefetching L cache lines per k step
 
 
 def counted_loop(builder, n, init, body, name="loop"):
@@ -390,8 +390,8 @@ class _MkSpec(NamedTuple):
     step: Callable
     ftz: bool
     mr_max: int
-    prefetch_bytes: int
-    step_bytes: int
+    prefetch_lines: int  # most cache lines a variant prefetches per k step (0: no prefetching variants)
+    locality: int  # llvm.prefetch locality: 3 = into L1, 2 = into L2
 
 
 def _mk_init_accs(spec, builder, t_ptr, acc_, m):
@@ -405,20 +405,23 @@ def _mk_init_accs(spec, builder, t_ptr, acc_, m):
     ]
 
 
-def _mk_k_step(spec, b, k, flat, a_rows, b_ptr, ldb_, pf):
-    """Emit one k step of the tile: the optional prefetch of B ahead, then the kind's step emitter."""
+def _mk_k_step(spec, b, k, flat, a_rows, b_ptr, ldb_, prefetching):
+    """Emit one k step of the tile: the prefetch of ``lines`` cache lines from pf_base + k * pf_stride
+    (bytes), then the kind's step emitter."""
     nvec = spec.nvec
     accs = [flat[r * nvec : (r + 1) * nvec] for r in range(len(a_rows))]
     b_k = ptr_add(b, b_ptr, b.mul(k, ldb_))
-    if pf:
-        bk8 = b.bitcast(b_k, I8.as_pointer())
-        for line in range(0, spec.step_bytes, 64):
-            prefetch(b, ptr_add(b, bk8, spec.prefetch_bytes + line))
+    lines, pf_base, pf_stride = prefetching
+    if lines:
+        # a plain (not inbounds) gep: the prefetched lines may lie past B's end, which a prefetch may touch
+        start = b.gep(pf_base, [b.mul(k, pf_stride)])
+        for line in range(lines):
+            prefetch(b, b.gep(start, [ir.Constant(I64, 64 * line)]), spec.locality)
     new = spec.step(b, k, a_rows, b_k, accs, nvec)
     return [x for row in new for x in row]
 
 
-def _mk_emit_variant(spec, builder, ptrs, offs, m, pf):
+def _mk_emit_variant(spec, builder, ptrs, offs, m, prefetching):
     """Emit the fully unrolled variant for ``m`` rows: init, the k loop, the single store of the tile."""
     a_ptr, b_ptr, t_ptr = ptrs
     a_off_, lda_, ldb_, ks_, acc_ = offs
@@ -426,9 +429,9 @@ def _mk_emit_variant(spec, builder, ptrs, offs, m, pf):
     init = _mk_init_accs(spec, builder, t_ptr, acc_, m)
 
     def body(b, k, flat):
-        return _mk_k_step(spec, b, k, flat, a_rows, b_ptr, ldb_, pf)
+        return _mk_k_step(spec, b, k, flat, a_rows, b_ptr, ldb_, prefetching)
 
-    res = counted_loop(builder, ks_, init, body, name="mk%d%s" % (m, "pf" if pf else ""))
+    res = counted_loop(builder, ks_, init, body, name="mk%dpf%d" % (m, prefetching[0]))
     for r in range(m):
         for c in range(spec.nvec):
             store(builder, res[r * spec.nvec + c], ptr_add(builder, t_ptr, r * spec.nr + c * spec.W), align=4)
@@ -436,9 +439,11 @@ def _mk_emit_variant(spec, builder, ptrs, offs, m, pf):
 
 def _mk_codegen(spec, context, builder, sig, args):
     """Emit the microkernel: pointers, FTZ/DAZ if the kind needs it, and a switch on mr over the variants."""
-    A_, a_off_, lda_, mr_, B_, b_off_, ldb_, ks_, T_, acc_ = args
+    A_, a_off_, lda_, mr_, B_, b_off_, ldb_, ks_, T_, acc_, pf_, pf_stride_ = args
     a_ptr = data_ptr(context, builder, sig.args[0], A_)
-    b_ptr = ptr_add(builder, data_ptr(context, builder, sig.args[4], B_), b_off_)
+    b_data = data_ptr(context, builder, sig.args[4], B_)
+    b_ptr = ptr_add(builder, b_data, b_off_)
+    pf_base = builder.gep(builder.bitcast(b_data, I8.as_pointer()), [pf_])
     t_ptr = data_ptr(context, builder, sig.args[8], T_)
     if spec.ftz:
         old = get_mxcsr(builder)
@@ -446,12 +451,13 @@ def _mk_codegen(spec, context, builder, sig, args):
     fn = builder.function
     done = fn.append_basic_block("mk.done")
     sw = builder.switch(mr_, done)
-    for pf in (0, 1) if spec.prefetch_bytes else (0,):
+    for lines in range(spec.prefetch_lines + 1):
         for m in range(1, spec.mr_max + 1):
-            bb = fn.append_basic_block("mk.mr%d%s" % (m, "pf" if pf else ""))
-            sw.add_case(ir.Constant(mr_.type, m + (PREFETCH_FLAG if pf else 0)), bb)
+            bb = fn.append_basic_block("mk.mr%dpf%d" % (m, lines))
+            sw.add_case(ir.Constant(mr_.type, m + lines * PREFETCH_FLAG), bb)
             builder.position_at_end(bb)
-            _mk_emit_variant(spec, builder, (a_ptr, b_ptr, t_ptr), (a_off_, lda_, ldb_, ks_, acc_), m, pf)
+            prefetching = (lines, pf_base, pf_stride_)
+            _mk_emit_variant(spec, builder, (a_ptr, b_ptr, t_ptr), (a_off_, lda_, ldb_, ks_, acc_), m, prefetching)
             builder.branch(done)
     builder.position_at_end(done)
     if spec.ftz:
@@ -459,39 +465,42 @@ def _mk_codegen(spec, context, builder, sig, args):
     return context.get_dummy_value()
 
 
-def make_microkernel(kind, mr_max, nr, prefetch_bytes=0, step_bytes=0):
+def make_microkernel(kind, mr_max, nr, prefetch_lines=0, locality=3):
     """Build the register-tile intrinsic for ``kind`` with up to ``mr_max`` rows
     and ``nr`` columns (multiple of the vector width).
 
-    numba signature: ``mk(A, a_off, lda, mr, B, b_off, ldb, ksteps, T, accum)``
+    numba signature: ``mk(A, a_off, lda, mr, B, b_off, ldb, ksteps, T, accum, pf, pf_stride)``
       A      : activations (1-D or C-contiguous), element offsets a_off/lda
-      mr     : rows in this tile, 1..mr_max (one specialised variant each)
+      mr     : rows in this tile, 1..mr_max (one specialised variant each), plus
+               L * PREFETCH_FLAG to prefetch L <= ``prefetch_lines`` cache lines per k step
       B      : packed panel array, b_off = first element of the NR-column
                sub-panel, ldb = elements between consecutive k steps
       ksteps : number of k steps (K for f32, K/4 groups int8, K/2 pairs bf16)
       T      : scratch tile, T[r*nr + j], float32 (or int32 for int8 kinds)
       accum  : 0 -> start from zero, 1 -> continue from the values in T
-    ``prefetch_bytes`` > 0 adds a second set of variants, selected by
-    ``mr | PREFETCH_FLAG``, that per k step also prefetch the ``step_bytes`` of
-    B lying ``prefetch_bytes`` ahead (the first tile pass over a B block,
-    when the weights stream from DRAM).
+      pf     : byte offset into B's data of the first line prefetched (any value: prefetches
+               never fault), pf_stride: bytes the prefetched lines advance per k step.
+               k step k prefetches the L lines at pf + k * pf_stride + 64 * l, l < L, with
+               ``locality`` (3: into L1, 2: into L2). The driver says what to stream in while the
+               tile computes: at batch 1 the next block of B (kernels/avx512.py).
                (K blocking: the k chain of every element stays one sequential
                chain because float32/int32 values round-trip exactly)
     """
     W, acc_el, step, ftz = KINDS[kind]
     assert nr % W == 0
-    spec = _MkSpec(W, nr, nr // W, vec(acc_el, W), step, ftz, mr_max, prefetch_bytes, step_bytes)
+    spec = _MkSpec(W, nr, nr // W, vec(acc_el, W), step, ftz, mr_max, prefetch_lines, locality)
 
     @intrinsic
-    def mk(typingctx, A, a_off, lda, mr, B, b_off, ldb, ksteps, T, accum):
-        sig = types.void(A, types.intp, types.intp, types.intp, B, types.intp, types.intp, types.intp, T, types.intp)
+    def mk(typingctx, A, a_off, lda, mr, B, b_off, ldb, ksteps, T, accum, pf, pf_stride):
+        intp = types.intp
+        sig = types.void(A, intp, intp, intp, B, intp, intp, intp, T, intp, intp, intp)
 
         def codegen(context, builder, sig, args):
             return _mk_codegen(spec, context, builder, sig, args)
 
         return sig, codegen
 
-    mk.__name__ = "mk_%s_%dx%d%s" % (kind, mr_max, nr, "_pf%d" % prefetch_bytes if prefetch_bytes else "")
+    mk.__name__ = "mk_%s_%dx%d_pf%d" % (kind, mr_max, nr, prefetch_lines)
     return mk
 
 
