@@ -28,7 +28,7 @@ BIG = [
     (1, 1, 3072),
     (560, 100, 768),  # several work items of rows (avx512.MB = 256, avx2.MB = 48), the last one partial
     (257, 48, 96),
-    (16, 2304, 768),  # batch 1: 9-16 rows run as three tiles (common.n_tiles_spread), QKV stacked
+    (16, 2304, 768),  # batch 1 on the stacked QKV weight: two tiles, each prefetching its share of B
     (9, 768, 3072),
 ]
 

@@ -1,5 +1,5 @@
-"""The products' prefetch plan (kernels/common.py: ``prefetch_plan``, ``n_tiles_spread``): the passes over a
-block of B prefetch the whole next block, a bounded number of times, and the tile split is balanced.
+"""The products' prefetch plan (kernels/common.py: ``prefetch_plan``): the passes over a block of B prefetch
+the whole next block, a bounded number of times; and the tile split (``tile_rows``) is balanced.
 Prefetches change no result (tests/test_matmul_kernels.py holds every tier to the NumPy reference at the
 batch-1 sizes that use them); what is checked here is that they reach the memory the next block reads."""
 
@@ -72,10 +72,9 @@ def test_a_plan_that_misses_lines_is_caught():
 
 
 @pytest.mark.parametrize("rows", range(1, 70))
-def test_spread_tiles_are_balanced_and_cover_the_rows(rows):
+def test_tiles_are_balanced_and_cover_the_rows(rows):
     mr = 8
-    nt = common.n_tiles_spread(rows, mr)
-    assert nt == (3 if 9 <= rows <= 16 else -(-rows // mr))
+    nt = common.n_tiles(rows, mr)
     tiles = [common.tile_rows(rows, nt, t) for t in range(nt)]
     assert [offset for offset, _ in tiles] == [sum(n for _, n in tiles[:t]) for t in range(nt)]
     assert sum(n for _, n in tiles) == rows and max(n for _, n in tiles) <= mr

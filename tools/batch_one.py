@@ -1,28 +1,44 @@
 """Batch-1 latency of refimpl on the bench's klue-shaped model: median of 30 calls on one sentence.
 
 python -m tools.batch_one float32|int8|bfloat16      # REFIMPL_KERNELS=blas|avx2 forces a tier
+python -m tools.batch_one int8 --busy                # also with another process busy on core 0 (as bench.py (g))
+GOMP_SPINCOUNT=3000 python -m tools.batch_one int8 --busy   # numba's OpenMP workers spinning 3x longer
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 import time
+
+
+def median_ms(model, text, calls=30):
+    model.encode([text])
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        model.encode([text])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
 
 
 def main():
     from refimpl import SentenceTransformer
     from tools.common import klue_model
 
-    model = SentenceTransformer(klue_model(), compute=sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("compute", choices=("float32", "int8", "bfloat16"))
+    parser.add_argument("--busy", action="store_true", help="then again with a NumPy loop pinned to core 0")
+    args = parser.parse_args()
+    model = SentenceTransformer(klue_model(), compute=args.compute)
     text = "오늘은 날씨가 맑고 바람이 시원하게 분다 내일은"
-    model.encode([text])
-    times = []
-    for _ in range(30):
-        start = time.perf_counter()
-        model.encode([text])
-        times.append(time.perf_counter() - start)
-    print(sys.argv[1], model.engine_info["kernels"], f"{statistics.median(times) * 1e3:.1f} ms")
+    line = f"{args.compute} {model.engine_info['kernels']} {median_ms(model, text):.1f} ms"
+    if args.busy:
+        from tools.bench import BusyCore
+
+        with BusyCore():
+            line += f", busy {median_ms(model, text):.1f} ms"
+    print(line)
 
 
 if __name__ == "__main__":

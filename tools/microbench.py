@@ -11,6 +11,8 @@
     python -m tools.microbench attention-call # attention's Python wrapper against its numba driver, batch 1
     python -m tools.microbench stream         # 12 layers' packed weights read as plain streams (batch 1's floor)
     python -m tools.microbench overlap        # batch-1 products against plain streams of their weights, by rows
+    python -m tools.microbench wake           # a parallel region after a pause: when numba's worker is asleep
+    python -m tools.microbench between        # batch 1 with attention and LayerNorm parallel too, quiet and busy
 
 Run on an idle machine; each prints its measurements.
 """
@@ -416,8 +418,79 @@ def overlap():
         )
 
 
+def wake():
+    """A tiny parallel region after the calling thread has worked alone for a while: numba's GNU OpenMP
+    worker spins for GOMP_SPINCOUNT rounds (refimpl sets 1000 unless told otherwise), then sleeps, and a
+    region that has to wake it costs more."""
+    from numba import njit, prange
+
+    import refimpl.engines.fast.kernels  # noqa: F401  (applies refimpl's threading defaults first)
+
+    @njit(parallel=True)
+    def region(a):
+        for i in prange(2):
+            total = 0.0
+            for j in range(2000):
+                total += a[j] * 1.0001
+            a[i] = total * 1e-9
+
+    def alone(microseconds):
+        until = time.perf_counter() + microseconds * 1e-6
+        while time.perf_counter() < until:
+            pass
+
+    a = np.ones(4000)
+    for _ in range(100):
+        region(a)
+    print("pause before the region (us): median region time (us)")
+    for pause in (0, 10, 15, 20, 25, 30, 40, 60, 100):
+        times = []
+        for _ in range(300):
+            region(a)
+            alone(pause)
+            start = time.perf_counter()
+            region(a)
+            times.append(time.perf_counter() - start)
+        print(f"{pause:4d}: {statistics.median(times) * 1e6:.1f}")
+
+
+def between():
+    """Batch 1 with the kernels between the products (attention, the LayerNorms) serial, as refimpl runs
+    them, and parallel (their size thresholds set to 0, so that numba's worker never waits long enough
+    to sleep), in turn in one process, on an idle machine and with another process busy on core 0."""
+    from refimpl import SentenceTransformer
+    from refimpl.engines.fast.kernels import attention, norms
+    from tools.bench import BusyCore
+
+    text = "오늘은 날씨가 맑고 바람이 시원하게 분다 내일은"
+    defaults = attention.SERIAL_BELOW, norms.PARALLEL_MIN_ELEMENTS
+    variants = {"serial (refimpl's)": defaults, "parallel": (0, 0)}
+    for mode in ("int8", "bfloat16", "float32"):
+        model = SentenceTransformer(str(common.klue_model()), compute=mode)
+
+        def run():
+            times = {name: [] for name in variants}
+            for _ in range(6):
+                for name, (serial_below, min_elements) in variants.items():
+                    attention.SERIAL_BELOW, norms.PARALLEL_MIN_ELEMENTS = serial_below, min_elements
+                    model.encode([text])
+                    for _ in range(10):
+                        start = time.perf_counter()
+                        model.encode([text])
+                        times[name].append(time.perf_counter() - start)
+            attention.SERIAL_BELOW, norms.PARALLEL_MIN_ELEMENTS = defaults
+            return ", ".join(f"{name} {statistics.median(v) * 1e3:.2f} ms" for name, v in times.items())
+
+        quiet = run()
+        with BusyCore():
+            busy = run()
+        print(f"{mode}: idle: {quiet}; core 0 busy: {busy}")
+
+
 def main():
     commands = {
+        "wake": wake,
+        "between": between,
         "overlap": overlap,
         "stream": stream,
         "qkv": qkv,

@@ -11,8 +11,7 @@ Register tiles (32 zmm): MR x NR = 8 x 48 for every mode -> 24 accumulators,
 
 Loop structure (all modes): work items = (row block of MB rows) x (panel of
 48 columns), distributed by ``prange``.  Inside an item the
-rows are split into balanced tiles of <= MR rows (three, not two, for 9-16 rows:
-``common.n_tiles_spread``); each tile runs the K loop of a block of B in registers
+rows are split into balanced tiles of <= MR rows; each tile runs the K loop of a block of B in registers
 while it prefetches a share of the next block into L2 (``common.prefetch_plan``)
 (k in increasing order, one chain per output element), is stored to a scratch
 tile and finished by the shared epilogue (bias / dequantisation / GELU).  Nothing
@@ -62,7 +61,7 @@ def _item_f32(it, x, bp, bias, gelu, out, mb):
     nc = min(NR, N - j0)
     r0 = blk * mb
     rows = min(mb, M - r0)
-    nt = C.n_tiles_spread(rows, MR)
+    nt = C.n_tiles(rows, MR)
     T = np.empty(nt * MR * NR, np.float32)
     for k0 in range(0, K, KC):
         ks = min(KC, K - k0)
@@ -100,7 +99,7 @@ def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb):
     nc = min(NR, N - j0)
     r0 = blk * mb
     rows = min(mb, M - r0)
-    nt = C.n_tiles_spread(rows, MR)
+    nt = C.n_tiles(rows, MR)
     T = np.empty(nt * MR * NR, np.int32)
     for k0 in range(0, KG, KC):
         ks = min(KC, KG - k0)
@@ -138,7 +137,7 @@ def _item_bf16(it, xa, bb, bias, gelu, out, mb):
     nc = min(NR, N - j0)
     r0 = blk * mb
     rows = min(mb, M - r0)
-    nt = C.n_tiles_spread(rows, MR)
+    nt = C.n_tiles(rows, MR)
     T = np.empty(nt * MR * NR, np.float32)
     for k0 in range(0, KH, KC):
         ks = min(KC, KH - k0)

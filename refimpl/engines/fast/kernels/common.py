@@ -293,10 +293,11 @@ def prefetch_plan(nt, t, ks, block_byte, step_bytes, sub_panel=0, sub_panel_byte
 
     At batch 1 a product is as much memory as arithmetic. When only the first pass over a block
     prefetched (16 KB ahead, into L1), it waited on DRAM and the later passes computed with the memory
-    idle. The 48 products of a 17-row pass took 1.50 / 1.36x the time of plain streams of their
-    weights in float32, 1.39 / 1.62x in bf16, 1.85 / 1.85x in int8; with the next block spread over
-    the passes into L2 (and ``n_tiles_spread``), 1.18 / 1.13x, 1.26 / 1.35x and 1.68 / 1.77x
-    (python -m tools.microbench overlap, the old and new checkouts in turn, twice). At 494 rows the
+    idle. The 48 products of a 17-row pass took 1.44 / 1.34x the time of plain streams of their
+    weights in float32, 1.68 / 2.29x in bf16, 2.04 / 1.95x in int8; with the next block spread over
+    the passes into L2, 1.13 / 1.08x, 1.31 / 1.24x and 1.88 / 1.83x (9.7 -> 8.0 ms, 5.2 -> 4.2 ms,
+    3.1 -> 2.8 ms; python -m tools.microbench overlap, the old and new checkouts in turn, twice). 16
+    rows (two passes) gained less, 1-8 rows (one) nothing; at 494 rows the
     time is the same (python -m tools.product_rates --cold)."""
     lines_per_step = step_bytes // 64
     if sub_panel_bytes and nt < lines_per_step:
@@ -313,14 +314,3 @@ def prefetch_plan(nt, t, ks, block_byte, step_bytes, sub_panel=0, sub_panel_byte
 @njit(inline="always", cache=True)
 def n_tiles(rows, mr_max):
     return (rows + mr_max - 1) // mr_max
-
-
-@njit(inline="always", cache=True)
-def n_tiles_spread(rows, mr_max):
-    """n_tiles, but three tiles where it would be two (batch 1's 9-16 rows on 8-row tiles): each pass then
-    prefetches one of the next block's three lines per k step (``prefetch_plan``), not two in a pass
-    of half the length. With both, 16 rows went from 1.45 / 1.33x the plain stream to 1.19 / 1.11x in
-    float32, 1.34 / 1.41x to 1.26 / 1.34x in bf16, int8 1.71 / 1.70x to 1.63 / 1.75x (python -m
-    tools.microbench overlap, old and new checkouts in turn, twice)."""
-    nt = (rows + mr_max - 1) // mr_max
-    return 3 if nt == 2 and rows >= 3 else nt

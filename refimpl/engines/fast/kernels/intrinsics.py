@@ -12,13 +12,15 @@ Two layers:
    counted loop with phi-carried values.
 
 2. *numba intrinsics* built from them:
-   * ``make_microkernel(kind, mr_max, nr)`` -> an ``@intrinsic``
-     ``mk(A, a_off, lda, mr, B, b_off, ldb, ksteps, T)`` that computes one
+   * ``make_microkernel(kind, mr_max, nr, prefetch_lines, locality)`` -> an ``@intrinsic``
+     ``mk(A, a_off, lda, mr, B, b_off, ldb, ksteps, T, accum, pf, pf_stride)`` that computes one
      register tile: ``T[r*nr + j] = sum_k A[a_off + r*lda + k] * B[b_off + k*ldb + j]``
      for ``r < mr`` (``1 <= mr <= mr_max``, one fully unrolled variant per mr,
      selected by an IR ``switch``), accumulating in registers in k order and
-     storing the tile once (float32 or int32).  The hot loop is only loads,
-     broadcasts and FMA / dot instructions (see tests/test_asm.py).
+     storing the tile once (float32 or int32), while it prefetches the lines the
+     caller names (``pf``, ``pf_stride``: what the next block's passes will read).  The hot
+     loop is only loads, prefetches, broadcasts and FMA / dot instructions (see
+     tests/test_matmul_asm.py).
    * generic vector helpers on a numba ``Vec`` type: ``vload``, ``vstore``,
      ``vload_masked``, ``vstore_masked``, ``vbroadcast``, ``vfma``, ``vadd``,
      ``vget`` (used by tests, available to other engine code).
