@@ -84,7 +84,7 @@ def test_hot_loops_no_spills(modname, mode, pat, extra, reg):
             assert asmcheck.count(ins, "ldmxcsr") == 0  # MXCSR set outside the loop
     if mode == "bf16" and modname == "avx2":
         assert asmcheck.count(asm.splitlines(), "ldmxcsr") >= 2
-    # the prefetching variants (first tile passes over a B block) exist
+    # the prefetching variants (the tile passes that stream in the next block of B) exist
     assert any(asmcheck.count(lp["instructions"], r"^prefetch") for lp in loops)
     assert any(not asmcheck.count(lp["instructions"], r"^prefetch") for lp in loops)
 

@@ -81,3 +81,31 @@ def test_swapped_bf16_order_is_caught():
     assert_bit_equal(T, want, "correct emulation")
     _tile(xa, p, 256, False, T)
     assert _differs(T, want), "even-first order was not detected"
+
+
+def test_a_tile_height_without_a_variant_stops_the_process():
+    """The microkernel's switch has one case per (rows, prefetch lines); any other value used to fall
+    through and leave the tile unwritten (np.empty garbage in the product). Now it traps."""
+    require_tier("avx2")
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from numba import njit\n"
+        "from refimpl.engines.fast.kernels import intrinsics\n"
+        "mk = intrinsics.make_microkernel('f32_avx2', 1, 16)\n"
+        "@njit\n"
+        "def tile(x, b, T, mr):\n"
+        "    mk(x, 0, 4, mr, b, 0, 16, 4, T, 0, 0, 0)\n"
+        "x, b, T = np.ones(8, np.float32), np.ones(64, np.float32), np.full(32, 7.0, np.float32)\n"
+        "tile(x, b, T, 1)\n"
+        "assert (T[:16] == 4.0).all(), T\n"
+        "print('one row: ok', flush=True)\n"
+        "tile(x, b, T, 2)\n"
+        "print('two rows: returned', T)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    print(result.returncode, result.stdout, result.stderr[-500:])
+    assert "one row: ok" in result.stdout, "the valid tile did not run"
+    assert "two rows: returned" not in result.stdout and result.returncode != 0

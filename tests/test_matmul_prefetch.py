@@ -1,21 +1,24 @@
-"""The products' prefetch plan (kernels/common.py: ``prefetch_plan``): the passes over a block of B prefetch
-the whole next block, a bounded number of times; and the tile split (``tile_rows``) is balanced.
-Prefetches change no result (tests/test_matmul_kernels.py holds every tier to the NumPy reference at the
-batch-1 sizes that use them); what is checked here is that they reach the memory the next block reads."""
+"""The products' prefetch plan (kernels/common.py: ``prefetch_plan``, ``k_block``, ``block_byte``): the passes
+over a block of B prefetch exactly the next block, each line once; the byte offsets are the packed
+arrays' own; and the tile split (``tile_rows``) is balanced. Prefetches change no result
+(tests/test_matmul_kernels.py holds every tier to the NumPy reference at the batch-1 sizes that use
+them); what is checked here is that they reach the memory the next block reads."""
 
+import numpy as np
 import pytest
 
-from refimpl.engines.fast.kernels import common
+from refimpl.engines.fast.kernels import avx2, avx512, common
+from refimpl.engines.fast.kernels import matmul as api
 from refimpl.engines.fast.kernels.intrinsics import PREFETCH_FLAG
 
 STEP_BYTES = 192  # 48 float32, 48 x 4 int8, 48 x 2 bf16 per k step
 
 
-def prefetched_lines(plan, nt, ks, block_byte, step_bytes=STEP_BYTES, sub_panel=0, sub_panel_bytes=0):
+def prefetched_lines(plan, nt, ks, block, own_line=-1, step_bytes=STEP_BYTES):
     """Every cache line the nt passes over one block prefetch, with how often."""
     lines = {}
     for t in range(nt):
-        flag, start, stride = plan(nt, t, ks, block_byte, step_bytes, sub_panel, sub_panel_bytes)
+        flag, start, stride = plan(nt, t, ks, block, step_bytes, own_line)
         assert flag % PREFETCH_FLAG == 0 and 0 <= flag // PREFETCH_FLAG <= step_bytes // 64
         for k in range(ks):
             for line in range(flag // PREFETCH_FLAG):
@@ -24,56 +27,70 @@ def prefetched_lines(plan, nt, ks, block_byte, step_bytes=STEP_BYTES, sub_panel=
     return lines
 
 
-def coverage(plan, nt, ks, block_byte=3 * 192 * 256):
-    """(lines of the next block never prefetched, prefetches in all, the next block's lines, lowest line)."""
-    lines = prefetched_lines(plan, nt, ks, block_byte)
-    next_block = range((block_byte + ks * STEP_BYTES) // 64, (block_byte + 2 * ks * STEP_BYTES) // 64)
-    missing = [line for line in next_block if line not in lines]
-    return missing, sum(lines.values()), next_block, min(lines, default=None)
+def next_block_lines(ks, block):
+    return list(range((block + ks * STEP_BYTES) // 64, (block + 2 * ks * STEP_BYTES) // 64))
 
 
 @pytest.mark.parametrize("nt", [1, 2, 3, 4, 7, 31, 32])
 @pytest.mark.parametrize("ks", [1, 5, 192, 256])
-def test_the_passes_prefetch_all_of_the_next_block(nt, ks):
-    missing, total, next_block, lowest = coverage(common.prefetch_plan, nt, ks)
-    print(f"nt={nt} ks={ks}: {total} prefetches for {len(next_block)} lines, {len(missing)} missed")
-    assert not missing, f"nt={nt} ks={ks}: {len(missing)} of the next block's {len(next_block)} lines never prefetched"
-    assert total <= 2 * len(next_block), "more than two prefetches per line of the next block"
-    assert lowest >= next_block.start, "a pass prefetches the block it is computing on"
+def test_the_passes_prefetch_the_next_block_each_line_once(nt, ks):
+    block = 3 * 192 * 256  # any block of a panel
+    lines = prefetched_lines(common.prefetch_plan, nt, ks, block)
+    print(f"nt={nt} ks={ks}: {sum(lines.values())} prefetches for {len(next_block_lines(ks, block))} lines")
+    assert sorted(lines) == next_block_lines(ks, block), f"nt={nt} ks={ks}: not exactly the next block's lines"
+    assert set(lines.values()) == {1}, f"nt={nt} ks={ks}: a line prefetched twice"
 
 
 @pytest.mark.parametrize("nt", [1, 2, 3, 5, 11])
-def test_sub_panels_prefetch_all_of_the_next_block_between_them(nt):
-    """AVX2's items are 16-column sub-panels (64 of the 192 bytes of a k step): the three sub-panels'
-    passes prefetch the whole next block between them, once when there are 3 passes or more."""
-    ks, block_byte = 256, 5 * 192 * 256
-    lines = {}
+def test_sub_panels_prefetch_their_own_lines_of_the_next_block(nt):
+    """AVX2's items are 16-column sub-panels (64 of the 192 bytes of a k step): each one's first pass
+    prefetches its line of every step of the next block, and the three sub-panels cover it between them."""
+    ks, block = 256, 5 * 192 * 256
+    together = {}
     for sub_panel in range(3):
-        for line, count in prefetched_lines(
-            common.prefetch_plan, nt, ks, block_byte, STEP_BYTES, sub_panel, 64
-        ).items():
-            lines[line] = lines.get(line, 0) + count
-    next_block = range((block_byte + ks * STEP_BYTES) // 64, (block_byte + 2 * ks * STEP_BYTES) // 64)
-    assert sorted(lines) == list(next_block), f"nt={nt}: not exactly the next block's lines"
-    assert set(lines.values()) == {1}, f"nt={nt}: a line prefetched more than once"
-    if nt >= 3:  # the first sub-panel's passes prefetch it all
-        assert prefetched_lines(common.prefetch_plan, nt, ks, block_byte, STEP_BYTES, 1, 64) == {}
+        lines = prefetched_lines(common.prefetch_plan, nt, ks, block, own_line=sub_panel)
+        assert sorted(lines) == next_block_lines(ks, block)[sub_panel::3], f"sub-panel {sub_panel}: not its lines"
+        together.update(lines)
+    assert sorted(together) == next_block_lines(ks, block)
 
 
 def test_a_plan_that_misses_lines_is_caught():
     """Negative control: one line per k step in the first pass only covers a third of the next block."""
 
-    def first_pass_only(nt, t, ks, block_byte, step_bytes, sub_panel, sub_panel_bytes):
-        return (PREFETCH_FLAG, block_byte + ks * step_bytes, 64) if t == 0 else (0, 0, 0)
+    def first_pass_only(nt, t, ks, block, step_bytes, own_line):
+        return (PREFETCH_FLAG, block + ks * step_bytes, 64) if t == 0 else (0, 0, 0)
 
-    missing, _, next_block, _ = coverage(first_pass_only, 3, 192)
-    print(f"first pass only: {len(missing)} of {len(next_block)} lines missed")
-    assert len(missing) == 2 * len(next_block) // 3
+    lines = prefetched_lines(first_pass_only, 3, 192, 0)
+    missing = set(next_block_lines(192, 0)) - set(lines)
+    print(f"first pass only: {len(missing)} of {len(next_block_lines(192, 0))} lines missed")
+    assert len(missing) == 2 * 192
 
 
+@pytest.mark.parametrize("steps", [1, 5, 191, 192, 193, 256, 384, 768, 770, 1536])
+@pytest.mark.parametrize("most", [192, 256])
+def test_k_blocks_are_equal_within_one_step(steps, most):
+    kb = common.k_block(steps, most)
+    sizes = [min(kb, steps - k0) for k0 in range(0, steps, kb)]
+    assert sum(sizes) == steps and max(sizes) <= most and len(sizes) == -(-steps // most)
+    assert max(sizes) - min(sizes) <= len(sizes), f"{steps} steps in blocks of at most {most}: {sizes}"
+
+
+@pytest.mark.parametrize("mode", ["f32", "int8", "bf16"])
+def test_block_byte_is_the_packed_arrays_offset(mode):
+    """The drivers' byte offset of (panel, k step) is where the packed array holds it, in every mode."""
+    rng = np.random.default_rng(0)
+    w = api.pack(rng.standard_normal((100, 70), dtype=np.float32), mode).arrays["w"]
+    panels, steps = w.shape[:2]
+    assert avx512.STEP_BYTES == avx2.STEP_BYTES == w[0, 0].nbytes == STEP_BYTES
+    for panel in range(panels):
+        for k0 in range(steps):
+            where = w[panel, k0].ctypes.data - w.ctypes.data
+            assert common.block_byte(panel, steps, k0, STEP_BYTES) == where, (mode, panel, k0)
+
+
+@pytest.mark.parametrize("mr", [4, 5, 6, 8])
 @pytest.mark.parametrize("rows", range(1, 70))
-def test_tiles_are_balanced_and_cover_the_rows(rows):
-    mr = 8
+def test_tiles_are_balanced_and_cover_the_rows(rows, mr):
     nt = common.n_tiles(rows, mr)
     tiles = [common.tile_rows(rows, nt, t) for t in range(nt)]
     assert [offset for offset, _ in tiles] == [sum(n for _, n in tiles[:t]) for t in range(nt)]

@@ -278,37 +278,53 @@ def tile_rows(rows, nt, t):
 
 
 @njit(inline="always", cache=True)
-def prefetch_plan(nt, t, ks, block_byte, step_bytes, sub_panel=0, sub_panel_bytes=0):
-    """What tile pass t of nt over a block of B (``ks`` k steps of ``step_bytes`` from byte ``block_byte``)
-    prefetches: the next block, which in the packed layout follows this one in memory (the next k block
-    of the panel, else the next panel), split between the passes -> (PREFETCH_FLAG x lines per k step,
-    byte offset of the pass's first line, bytes per k step), or (0, 0, 0).
+def k_block(steps, most):
+    """k steps per cache block: ``steps`` split into ceil(steps / most) blocks of near-equal length, so
+    that a block and the next (in the panel, or the next panel's first) are as long within one step,
+    and ``prefetch_plan``'s passes over one cover the next."""
+    blocks = (steps + most - 1) // most
+    return (steps + blocks - 1) // blocks if blocks else most
 
-    A tier whose items are narrower than the panel (AVX2's three 16-column sub-panels of
-    ``sub_panel_bytes`` per k step) prefetches the whole next block in the first sub-panel's passes
-    when there are at least as many passes as lines per k step (the others find it in L2); with fewer
-    passes, a short pass cannot issue several lines per k step (at 1-8 rows that was 10-20% slower,
-    REFIMPL_KERNELS=avx2 python -m tools.microbench overlap), so each sub-panel's first pass prefetches
-    its own line of the next block's k steps.
 
-    At batch 1 a product is as much memory as arithmetic. When only the first pass over a block
-    prefetched (16 KB ahead, into L1), it waited on DRAM and the later passes computed with the memory
-    idle. The 48 products of a 17-row pass took 1.44 / 1.34x the time of plain streams of their
-    weights in float32, 1.68 / 2.29x in bf16, 2.04 / 1.95x in int8; with the next block spread over
-    the passes into L2, 1.13 / 1.08x, 1.31 / 1.24x and 1.88 / 1.83x (9.7 -> 8.0 ms, 5.2 -> 4.2 ms,
-    3.1 -> 2.8 ms; python -m tools.microbench overlap, the old and new checkouts in turn, twice). 16
-    rows (two passes) gained less, 1-8 rows (one) nothing; at 494 rows the
-    time is the same (python -m tools.product_rates --cold)."""
+@njit(inline="always", cache=True)
+def block_byte(panel, steps, k0, step_bytes):
+    """Byte offset in a packed weight ([panels, steps, 48, ...], ``step_bytes`` per k step) of panel
+    ``panel``'s k step k0."""
+    return (panel * steps + k0) * step_bytes
+
+
+@njit(inline="always", cache=True)
+def prefetch_plan(nt, t, ks, block, step_bytes, own_line):
+    """What tile pass t of nt over a block of B (``ks`` k steps of ``step_bytes`` from byte ``block``)
+    prefetches, into L2: the next block, which in the packed layout follows this one in memory (the next
+    k block of the panel, else the next panel's first) and, as a rule, is as long: AVX2's blocks are equal
+    (``k_block``); AVX-512's KC of 192 divides the klue and MiniLM shapes, and where it does not, a short
+    last block leaves part of the next panel's first to the hardware prefetcher (equal blocks there cost
+    a register in the 8-row tile's loop, tests/test_matmul_asm.py). The passes split it
+    into contiguous parts of whole lines per k step, in order: with 3 lines per step (every tier's 192
+    bytes), all of it for one pass, two thirds and one third for two, a third each for the first three
+    of more (a pass walking the whole block at the step's stride instead, each taking its share of every
+    step's lines, was 10-15% slower in int8 and bf16 at 16-17 rows, python -m tools.microbench overlap).
+    -> (PREFETCH_FLAG x lines per k step, byte offset of the pass's first line, bytes per k step),
+    or (0, 0, 0). ``own_line`` >= 0: the work item is one 16-column sub-panel of the panel (AVX2),
+    and its first pass prefetches only that line of each step: the sub-panels of a panel are three
+    items, and each streams its own lines (a sub-panel prefetching all three made 1-8 rows 10-20%
+    slower, REFIMPL_KERNELS=avx2 python -m tools.microbench overlap, and would leave the other two
+    sub-panels to find a whole panel, 147-590 KB, still in an AVX2 CPU's smaller L2).
+
+    At batch 1 a product is as much memory as arithmetic. Before, every pass prefetched 16 KB ahead of
+    itself into L1, so only the first pass's prefetches went to DRAM: it waited on memory and the later
+    passes computed with the memory idle, and a 17-row product (three passes) took about the sum of the
+    two times (docs/performance.md, "Against the targets", has the measurements)."""
+    next_block = block + ks * step_bytes
+    if own_line >= 0:
+        return (PREFETCH_FLAG, next_block + own_line * 64, step_bytes) if t == 0 else (0, 0, 0)
     lines_per_step = step_bytes // 64
-    if sub_panel_bytes and nt < lines_per_step:
-        if t > 0:
-            return 0, 0, 0
-        return PREFETCH_FLAG, block_byte + ks * step_bytes + sub_panel * sub_panel_bytes, step_bytes
-    lines = (lines_per_step + nt - 1) // nt  # per k step of each pass, so that the passes cover the block
-    if t * lines >= lines_per_step or sub_panel > 0:
+    first = (t * lines_per_step + nt - 1) // nt  # in lines per k step: this pass's part starts ks * first lines in
+    lines = ((t + 1) * lines_per_step + nt - 1) // nt - first
+    if lines <= 0:
         return 0, 0, 0
-    start = block_byte + ks * step_bytes + t * ks * lines * 64
-    return lines * PREFETCH_FLAG, start, lines * 64
+    return lines * PREFETCH_FLAG, next_block + ks * first * 64, lines * 64
 
 
 @njit(inline="always", cache=True)

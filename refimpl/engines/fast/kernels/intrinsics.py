@@ -452,7 +452,11 @@ def _mk_codegen(spec, context, builder, sig, args):
         set_mxcsr(builder, builder.or_(old, ir.Constant(I32, MXCSR_FTZ_DAZ)))
     fn = builder.function
     done = fn.append_basic_block("mk.done")
-    sw = builder.switch(mr_, done)
+    bad = fn.append_basic_block("mk.bad")  # an mr with no variant: stop rather than leave T as it was
+    sw = builder.switch(mr_, bad)
+    with builder.goto_block(bad):
+        call_intrinsic(builder, "llvm.trap", VOID, [])
+        builder.unreachable()
     for lines in range(spec.prefetch_lines + 1):
         for m in range(1, spec.mr_max + 1):
             bb = fn.append_basic_block("mk.mr%dpf%d" % (m, lines))
@@ -484,7 +488,9 @@ def make_microkernel(kind, mr_max, nr, prefetch_lines=0, locality=3):
                never fault), pf_stride: bytes the prefetched lines advance per k step.
                k step k prefetches the L lines at pf + k * pf_stride + 64 * l, l < L, with
                ``locality`` (3: into L1, 2: into L2). The driver says what to stream in while the
-               tile computes: at batch 1 the next block of B (kernels/avx512.py).
+               tile computes: the next block of B (common.prefetch_plan).
+      An mr with no variant (rows outside 1..mr_max, or more prefetch lines than
+      ``prefetch_lines``) stops the process (llvm.trap) instead of returning T unwritten.
                (K blocking: the k chain of every element stays one sequential
                chain because float32/int32 values round-trip exactly)
     """

@@ -84,7 +84,7 @@ def serial_flops() -> float:
 
 def _short_spin() -> bool:
     """GNU OpenMP told to spin at most threads.DEFAULT_SPINCOUNT times (the policy ``threads``
-    applies): workers sleep after ~15 us, so they neither stall under load nor burn a core."""
+    applies): workers sleep after ~15-30 us, so they neither stall under load nor burn a core."""
     if getenv("OMP_WAIT_POLICY").lower() == "active":
         return False
     try:

@@ -9,7 +9,8 @@ proto measurements, "busy" = a `while True: pass` pinned to core 0:
   stall under load: the waiting thread spins on the free core while the
   thread it waits for sits behind the busy process -> ~8 ms (one scheduler
   slice) per call, medians 40-48x slower for 17x768x3072.  Not graceful.
-* omp + GOMP_SPINCOUNT=1000 (~15 us of spinning, then sleep): same idle speed
+* omp + GOMP_SPINCOUNT=1000 (~15-30 us of spinning, then sleep; 25-30 us on a Zen 5,
+  python -m tools.microbench wake): same idle speed
   for real work, 2.0-3.1x slower with one core busy, no stalls (reproduced
   twice).  GOMP_SPINCOUNT=10000 still stalls (0.5 ms medians).
 * omp + OMP_WAIT_POLICY=PASSIVE: graceful (1.5-1.9x) but waking the worker
