@@ -1,6 +1,7 @@
-"""The products' prefetch plan (kernels/common.py: ``prefetch_plan``, ``k_block``, ``block_byte``): the passes
-over a block of B prefetch exactly the next block, each line once; the byte offsets are the packed
-arrays' own; and the tile split (``tile_rows``) is balanced. Prefetches change no result
+"""The products' prefetch plan (kernels/common.py: ``prefetch_plan``, ``block_byte``): on AVX-512 the passes
+over a block of B prefetch exactly the next block, each line once; on AVX2 each sub-panel's passes its
+own line 16 KB ahead; the byte offsets are the packed arrays' own; and the tile split (``tile_rows``) is
+balanced. Prefetches change no result
 (tests/test_matmul_kernels.py holds every tier to the NumPy reference at the batch-1 sizes that use
 them); what is checked here is that they reach the memory the next block reads."""
 
@@ -42,16 +43,15 @@ def test_the_passes_prefetch_the_next_block_each_line_once(nt, ks):
 
 
 @pytest.mark.parametrize("nt", [1, 2, 3, 5, 11])
-def test_sub_panels_prefetch_their_own_lines_of_the_next_block(nt):
-    """AVX2's items are 16-column sub-panels (64 of the 192 bytes of a k step): each one's first pass
-    prefetches its line of every step of the next block, and the three sub-panels cover it between them."""
+def test_sub_panels_prefetch_their_own_line_ahead(nt):
+    """AVX2's items are 16-column sub-panels (64 of the 192 bytes of a k step): the first three passes of
+    each prefetch its own line of every k step, AHEAD_BYTES ahead of the step they compute."""
     ks, block = 256, 5 * 192 * 256
-    together = {}
     for sub_panel in range(3):
         lines = prefetched_lines(common.prefetch_plan, nt, ks, block, own_line=sub_panel)
-        assert sorted(lines) == next_block_lines(ks, block)[sub_panel::3], f"sub-panel {sub_panel}: not its lines"
-        together.update(lines)
-    assert sorted(together) == next_block_lines(ks, block)
+        own = [(block + sub_panel * 64 + common.AHEAD_BYTES + k * STEP_BYTES) // 64 for k in range(ks)]
+        assert sorted(lines) == own, f"sub-panel {sub_panel}: not its own lines, {common.AHEAD_BYTES} bytes ahead"
+        assert set(lines.values()) == {min(nt, 3)}
 
 
 def test_a_plan_that_misses_lines_is_caught():
@@ -64,15 +64,6 @@ def test_a_plan_that_misses_lines_is_caught():
     missing = set(next_block_lines(192, 0)) - set(lines)
     print(f"first pass only: {len(missing)} of {len(next_block_lines(192, 0))} lines missed")
     assert len(missing) == 2 * 192
-
-
-@pytest.mark.parametrize("steps", [1, 5, 191, 192, 193, 256, 384, 768, 770, 1536])
-@pytest.mark.parametrize("most", [192, 256])
-def test_k_blocks_are_equal_within_one_step(steps, most):
-    kb = common.k_block(steps, most)
-    sizes = [min(kb, steps - k0) for k0 in range(0, steps, kb)]
-    assert sum(sizes) == steps and max(sizes) <= most and len(sizes) == -(-steps // most)
-    assert max(sizes) - min(sizes) <= len(sizes), f"{steps} steps in blocks of at most {most}: {sizes}"
 
 
 @pytest.mark.parametrize("mode", ["f32", "int8", "bf16"])

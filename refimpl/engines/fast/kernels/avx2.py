@@ -38,10 +38,10 @@ TILES = {"f32": "%dx%d" % (MR_F32, NR), "int8": "%dx%d" % (MR_I8, NR), "bf16": "
 FEATURES = {"f32": ("avx2", "fma"), "int8": ("avx2",), "bf16": ("avx2", "fma")}
 
 STEP_BYTES = NRP * 4  # bytes of a panel per k step in every mode (48 float32, 48 x 4 int8, 48 x 2 bf16)
-# The tiles prefetch their sub-panel's lines of the next block into L2 while they compute (common.prefetch_plan).
-mk_f32 = make_microkernel("f32_avx2", MR_F32, NR, 1, 2)
-mk_i8 = make_microkernel("i8_avx2", MR_I8, NR, 1, 2)
-mk_bf16 = make_microkernel("bf16_emu", MR_BF16, NR, 1, 2)
+# each tile pass prefetches its sub-panel's line 16 KB ahead, into L1 (common.prefetch_plan)
+mk_f32 = make_microkernel("f32_avx2", MR_F32, NR, 1, 3)
+mk_i8 = make_microkernel("i8_avx2", MR_I8, NR, 1, 3)
+mk_bf16 = make_microkernel("bf16_emu", MR_BF16, NR, 1, 3)
 
 
 # ----------------------------------------------------------- work items
@@ -65,9 +65,8 @@ def _item_f32(it, x, bp, bias, gelu, out, mb):
     rows = min(mb, M - r0)
     nt = C.n_tiles(rows, MR_F32)
     T = np.empty(nt * MR_F32 * NR, np.float32)
-    kb = C.k_block(K, KC)
-    for k0 in range(0, K, kb):
-        ks = min(kb, K - k0)
+    for k0 in range(0, K, KC):
+        ks = min(KC, K - k0)
         for t in range(nt):
             off, mr = C.tile_rows(rows, nt, t)
             lines, pf, pf_stride = C.prefetch_plan(nt, t, ks, C.block_byte(p, K, k0, STEP_BYTES), STEP_BYTES, s)
@@ -106,9 +105,8 @@ def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb):
     rows = min(mb, M - r0)
     nt = C.n_tiles(rows, MR_I8)
     T = np.empty(nt * MR_I8 * NR, np.int32)
-    kb = C.k_block(KG, KC)
-    for k0 in range(0, KG, kb):
-        ks = min(kb, KG - k0)
+    for k0 in range(0, KG, KC):
+        ks = min(KC, KG - k0)
         for t in range(nt):
             off, mr = C.tile_rows(rows, nt, t)
             lines, pf, pf_stride = C.prefetch_plan(nt, t, ks, C.block_byte(p, KG, k0, STEP_BYTES), STEP_BYTES, s)
@@ -147,9 +145,8 @@ def _item_bf16(it, xa, bb, bias, gelu, out, mb):
     rows = min(mb, M - r0)
     nt = C.n_tiles(rows, MR_BF16)
     T = np.empty(nt * MR_BF16 * NR, np.float32)
-    kb = C.k_block(KH, KC)
-    for k0 in range(0, KH, kb):
-        ks = min(kb, KH - k0)
+    for k0 in range(0, KH, KC):
+        ks = min(KC, KH - k0)
         for t in range(nt):
             off, mr = C.tile_rows(rows, nt, t)
             lines, pf, pf_stride = C.prefetch_plan(nt, t, ks, C.block_byte(p, KH, k0, STEP_BYTES), STEP_BYTES, s)

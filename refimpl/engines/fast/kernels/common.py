@@ -277,13 +277,7 @@ def tile_rows(rows, nt, t):
     return extra * (base + 1) + (t - extra) * base, base
 
 
-@njit(inline="always", cache=True)
-def k_block(steps, most):
-    """k steps per cache block: ``steps`` split into ceil(steps / most) blocks of near-equal length, so
-    that a block and the next (in the panel, or the next panel's first) are as long within one step,
-    and ``prefetch_plan``'s passes over one cover the next."""
-    blocks = (steps + most - 1) // most
-    return (steps + blocks - 1) // blocks if blocks else most
+AHEAD_BYTES = 16384  # AVX2: how far ahead of itself a pass prefetches its sub-panel's line
 
 
 @njit(inline="always", cache=True)
@@ -296,29 +290,32 @@ def block_byte(panel, steps, k0, step_bytes):
 @njit(inline="always", cache=True)
 def prefetch_plan(nt, t, ks, block, step_bytes, own_line):
     """What tile pass t of nt over a block of B (``ks`` k steps of ``step_bytes`` from byte ``block``)
-    prefetches, into L2: the next block, which in the packed layout follows this one in memory (the next
-    k block of the panel, else the next panel's first) and, as a rule, is as long: AVX2's blocks are equal
-    (``k_block``); AVX-512's KC of 192 divides the klue and MiniLM shapes, and where it does not, a short
-    last block leaves part of the next panel's first to the hardware prefetcher (equal blocks there cost
-    a register in the 8-row tile's loop, tests/test_matmul_asm.py). The passes split it
-    into contiguous parts of whole lines per k step, in order: with 3 lines per step (every tier's 192
-    bytes), all of it for one pass, two thirds and one third for two, a third each for the first three
-    of more (a pass walking the whole block at the step's stride instead, each taking its share of every
-    step's lines, was 10-15% slower in int8 and bf16 at 16-17 rows, python -m tools.microbench overlap).
-    -> (PREFETCH_FLAG x lines per k step, byte offset of the pass's first line, bytes per k step),
-    or (0, 0, 0). ``own_line`` >= 0: the work item is one 16-column sub-panel of the panel (AVX2),
-    and its first pass prefetches only that line of each step: the sub-panels of a panel are three
-    items, and each streams its own lines (a sub-panel prefetching all three made 1-8 rows 10-20%
-    slower, REFIMPL_KERNELS=avx2 python -m tools.microbench overlap, and would leave the other two
-    sub-panels to find a whole panel, 147-590 KB, still in an AVX2 CPU's smaller L2).
+    prefetches -> (PREFETCH_FLAG x lines per k step, byte offset of the pass's first line, bytes per k
+    step), or (0, 0, 0).
 
-    At batch 1 a product is as much memory as arithmetic. Before, every pass prefetched 16 KB ahead of
-    itself into L1, so only the first pass's prefetches went to DRAM: it waited on memory and the later
-    passes computed with the memory idle, and a 17-row product (three passes) took about the sum of the
-    two times (docs/performance.md, "Against the targets", has the measurements)."""
-    next_block = block + ks * step_bytes
+    AVX-512 (``own_line`` -1; into L2): the next block, which in the packed layout follows this one in
+    memory (the next k block of the panel, else the next panel's first) and, for the klue and MiniLM
+    shapes, is as long (KC = 192 divides them; elsewhere a short last block leaves part of the next
+    panel's first to the hardware prefetcher). The passes split it into contiguous parts of whole lines
+    per k step, in order: with 3 lines per step (192 bytes), all of it for one pass, two thirds and one
+    third for two, a third each for the first three of more. (A pass walking the whole block at the k
+    step's stride instead, each taking its share of every step's lines, was 10-15% slower in int8 and
+    bf16 at 16-17 rows, python -m tools.microbench overlap.)
+
+    AVX2 (``own_line`` = the 16-column sub-panel, 0-2; into L1): each sub-panel is its own work item and
+    its first three passes prefetch its own line of the k step 16 KB ahead, as before. Prefetching the
+    next block instead was no better there: one sub-panel prefetching it whole for the three made 1-8
+    rows 10-20% slower, and each its own lines made float32 1-6% slower and int8 3-4% faster
+    (REFIMPL_KERNELS=avx2 python -m tools.microbench overlap); at batch 1 the AVX2 tier is bound by its
+    arithmetic on this machine.
+
+    At batch 1 a product is as much memory as arithmetic. Before, every AVX-512 pass prefetched 16 KB
+    ahead of itself into L1, so only the first pass's prefetches went to DRAM: it waited on memory and
+    the later passes computed with the memory idle, and a 17-row product (three passes) took about the
+    sum of the two times (docs/performance.md, "Against the targets", has the measurements)."""
     if own_line >= 0:
-        return (PREFETCH_FLAG, next_block + own_line * 64, step_bytes) if t == 0 else (0, 0, 0)
+        return (PREFETCH_FLAG, block + own_line * 64 + AHEAD_BYTES, step_bytes) if t < 3 else (0, 0, 0)
+    next_block = block + ks * step_bytes
     lines_per_step = step_bytes // 64
     first = (t * lines_per_step + nt - 1) // nt  # in lines per k step: this pass's part starts ks * first lines in
     lines = ((t + 1) * lines_per_step + nt - 1) // nt - first
