@@ -38,7 +38,7 @@ TILES = {"f32": "%dx%d" % (MR_F32, NR), "int8": "%dx%d" % (MR_I8, NR), "bf16": "
 FEATURES = {"f32": ("avx2", "fma"), "int8": ("avx2",), "bf16": ("avx2", "fma")}
 
 STEP_BYTES = NRP * 4  # bytes of a panel per k step in every mode (48 float32, 48 x 4 int8, 48 x 2 bf16)
-# each tile pass prefetches its sub-panel's line 16 KB ahead, into L1 (common.prefetch_plan)
+# the first three tile passes over a block prefetch their sub-panel's line 16 KB ahead, into L1 (common.prefetch_plan)
 mk_f32 = make_microkernel("f32_avx2", MR_F32, NR, 1, 3)
 mk_i8 = make_microkernel("i8_avx2", MR_I8, NR, 1, 3)
 mk_bf16 = make_microkernel("bf16_emu", MR_BF16, NR, 1, 3)
