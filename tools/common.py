@@ -120,3 +120,33 @@ def blas_description() -> str:
 
 if __name__ == "__main__":  # the interpreter's own RSS, for tools.bench's baseline
     print(rss_mb())
+
+
+def random_packed_layers(mode, shapes, rng, layers=12):
+    """``layers`` layers of random packed products, each a list of (PackedLinear, bias) for the [out, in]
+    ``shapes`` in order (kernels' mode names: f32, int8, bf16): distinct weights, as a pass streams them."""
+    import numpy as np
+
+    from refimpl.engines.fast.kernels import matmul
+
+    return [
+        [
+            (
+                matmul.pack(rng.standard_normal(shape).astype(np.float32) * 0.05, mode),
+                rng.standard_normal(shape[0]).astype(np.float32),
+            )
+            for shape in shapes
+        ]
+        for _ in range(layers)
+    ]
+
+
+def run_products(layers, inputs, outputs):
+    """Every product of ``random_packed_layers`` as a forward pass runs them (its environment read once,
+    GELU on the FFN's first): inputs and outputs by width."""
+    from refimpl.engines.fast.kernels import matmul, policy
+
+    with policy.forward_pass():
+        for layer in layers:
+            for packed, bias in layer:
+                matmul.linear(inputs[packed.k], packed, bias, gelu=packed.n == 3072, out=outputs[packed.n])

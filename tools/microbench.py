@@ -332,16 +332,11 @@ def _stream_reader():
 def stream():
     """The packed weights of 12 klue-shaped layers (random) read as 72 plain streams, one array after
     the other as the products read them at batch 1, without and with prefetching the next array's start."""
-    from refimpl.engines.fast.kernels import matmul
-
     read = _stream_reader()
     rng = np.random.default_rng(0)
     for mode in ("f32", "bf16", "int8"):
-        arrays = [
-            matmul.pack(rng.standard_normal(shape, dtype=np.float32), mode).arrays["w"].reshape(-1).view(np.uint64)
-            for _ in range(12)
-            for shape in SHAPES
-        ]
+        layers = common.random_packed_layers(mode, SHAPES, rng)
+        arrays = [packed.arrays["w"].reshape(-1).view(np.uint64) for layer in layers for packed, _ in layer]
         nbytes = sum(a.nbytes for a in arrays)
         read(arrays[0][:4096], arrays[1], 0, 2)
         times = {0: [], 128 << 10: []}
@@ -364,24 +359,14 @@ STACKED = [(2304, 768), (768, 768), (3072, 768), (768, 3072)]  # one layer's pro
 def overlap():
     """A pass's 48 products (12 random klue-shaped layers, QKV stacked) at 1, 8, 16 and 17 rows, beside
     plain streams of the same weights, alternating in one process: at batch 1 the products read as much
-    memory as they compute, and a product time near the stream's means the two overlap. Run with
-    PYTHONPATH=OLD_CHECKOUT:$PWD to compare another commit's kernels."""
-    from refimpl.engines.fast.kernels import matmul, policy
-
+    memory as they compute, and a product time near the stream's means the two overlap. To run it on
+    another checkout's refimpl: PYTHONPATH=OLD_CHECKOUT python tools/microbench.py overlap (``python -m``
+    would put this checkout first on the path)."""
     read = _stream_reader()
     rng = np.random.default_rng(0)
     row_counts = (1, 8, 16, 17)
     for mode in ("f32", "bf16", "int8"):
-        layers = [
-            [
-                (
-                    matmul.pack(rng.standard_normal(s, dtype=np.float32) * 0.05, mode),
-                    rng.standard_normal(s[0]).astype(np.float32),
-                )
-                for s in STACKED
-            ]
-            for _ in range(12)
-        ]
+        layers = common.random_packed_layers(mode, STACKED, rng)
         arrays = [packed.arrays["w"].reshape(-1).view(np.uint64) for layer in layers for packed, _ in layer]
         inputs = {
             rows: {k: rng.standard_normal((rows, k)).astype(np.float32) for k in (768, 3072)} for rows in row_counts
@@ -389,11 +374,7 @@ def overlap():
         outputs = {rows: {n: np.empty((rows, n), np.float32) for n in (768, 2304, 3072)} for rows in row_counts}
 
         def products(rows):
-            with policy.forward_pass():
-                for layer in layers:
-                    for packed, bias in layer:
-                        x, out = inputs[rows][packed.k], outputs[rows][packed.n]
-                        matmul.linear(x, packed, bias, gelu=packed.n == 3072, out=out)
+            common.run_products(layers, inputs[rows], outputs[rows])
 
         def streams():
             for i, a in enumerate(arrays):
@@ -460,9 +441,9 @@ def between():
     to sleep), in turn in one process, on an idle machine and with another process busy on core 0."""
     from refimpl import SentenceTransformer
     from refimpl.engines.fast.kernels import attention, norms
+    from tools import batch_one
     from tools.bench import BusyCore
 
-    text = "오늘은 날씨가 맑고 바람이 시원하게 분다 내일은"
     defaults = attention.SERIAL_BELOW, norms.PARALLEL_MIN_ELEMENTS
     variants = {"serial (refimpl's)": defaults, "parallel": (0, 0)}
     for mode in ("int8", "bfloat16", "float32"):
@@ -473,13 +454,9 @@ def between():
             for _ in range(6):
                 for name, (serial_below, min_elements) in variants.items():
                     attention.SERIAL_BELOW, norms.PARALLEL_MIN_ELEMENTS = serial_below, min_elements
-                    model.encode([text])
-                    for _ in range(10):
-                        start = time.perf_counter()
-                        model.encode([text])
-                        times[name].append(time.perf_counter() - start)
+                    times[name].append(batch_one.median_ms(model, batch_one.TEXT, calls=10))
             attention.SERIAL_BELOW, norms.PARALLEL_MIN_ELEMENTS = defaults
-            return ", ".join(f"{name} {statistics.median(v) * 1e3:.2f} ms" for name, v in times.items())
+            return ", ".join(f"{name} {statistics.median(v):.2f} ms" for name, v in times.items())
 
         quiet = run()
         with BusyCore():

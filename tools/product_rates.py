@@ -22,7 +22,8 @@ import time
 
 import numpy as np
 
-from refimpl.engines.fast.kernels import matmul, policy
+from refimpl.engines.fast.kernels import matmul
+from tools import common
 
 SHAPES = [(768, 768), (3072, 768), (768, 3072)]  # [out, in]; the first four of a layer are 768x768
 PER_LAYER = (4, 1, 1)
@@ -54,25 +55,13 @@ def hot(mode, rows, rng):
 
 
 def cold(mode, rows, rng, rows_per_item=()):
-    layers = [
-        [
-            (
-                matmul.pack(rng.standard_normal((n, k)).astype(np.float32) * 0.05, mode),
-                rng.standard_normal(n).astype(np.float32),
-            )
-            for (n, k), count in zip(SHAPES, PER_LAYER)
-            for _ in range(count)
-        ]
-        for _ in range(12)
-    ]
+    shapes = [shape for shape, count in zip(SHAPES, PER_LAYER) for _ in range(count)]
+    layers = common.random_packed_layers(mode, shapes, rng)
     inputs = {k: rng.standard_normal((rows, k)).astype(np.float32) for k in (768, 3072)}
     outputs = {n: np.empty((rows, n), np.float32) for n in (768, 3072)}
 
     def forward():
-        with policy.forward_pass():  # as the encoder runs them: the environment read once per pass
-            for layer in layers:
-                for packed, bias in layer:
-                    matmul.linear(inputs[packed.k], packed, bias, gelu=packed.n == 3072, out=outputs[packed.n])
+        common.run_products(layers, inputs, outputs)
 
     if rows_per_item:
         module = matmul.kernel_for(mode)[1]

@@ -160,10 +160,16 @@ def _float32_rows(x, k):
     return x
 
 
+def _prepares(choice, packed):
+    """Whether the tier's kernels take ``packed``'s input prepared (quantised or rounded): not in
+    float32, not on the BLAS tier."""
+    return choice.tier != "blas" and packed.mode != "f32"
+
+
 def activation_bytes(packed, rows, tier=None):
     """Bytes of scratch ``activations`` needs for ``rows`` rows of ``packed``'s input (0: none)."""
     choice, mod = kernel_for(packed.mode, tier)
-    if choice.tier == "blas" or packed.mode == "f32":
+    if not _prepares(choice, packed):
         return 0
     w = packed.arrays["w"]
     if packed.mode == "int8":
@@ -184,7 +190,7 @@ def activations(x, packed, tier=None, parallel=None, scratch=None):
     arrays; ``parallel``: as linear's. Pass the result to ``linear(..., activations=)`` with the same
     x: the products give the same bits as without it."""
     choice, mod = kernel_for(packed.mode, tier)
-    if choice.tier == "blas" or packed.mode == "f32":
+    if not _prepares(choice, packed):
         return None
     x = _float32_rows(x, packed.k)
     if parallel is None:

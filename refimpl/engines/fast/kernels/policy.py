@@ -57,7 +57,6 @@ def forward_pass(on_blas: bool = False):
     int8 pass (cProfile). A variable changed during the pass takes effect at the next one."""
     previous = getattr(_forward, "snapshot", None)
     with products_on_blas(on_blas):
-        _forward.snapshot = None
         snapshot = {name: os.environ.get(name, "") for name in VARIABLES}
         _forward.snapshot = snapshot
         snapshot["allowed"] = _environment_allows()
