@@ -168,3 +168,28 @@ def test_activations_of_another_product_are_refused():
         api.linear(x[:8], int8, b, activations=prepared)
     with pytest.raises(ValueError, match="scratch of 10 bytes cannot hold"):
         api.activations(x, int8, scratch=np.empty(10, np.uint8))
+
+
+@pytest.mark.parametrize("tier", ALL_TIERS)
+@pytest.mark.parametrize("mode", ("int8", "bf16"))
+@pytest.mark.parametrize("rows", (3, 700))  # 700 x 100: the drivers prepare in parallel (common.SERIAL_BELOW)
+def test_products_prepare_their_input_into_the_scratch(mode, tier, rows):
+    """linear(scratch=) quantises / rounds x inside the kernel's driver, into the caller's buffer: the
+    same bits as activations() then linear(activations=), and the buffer holds what activations() puts
+    there (the BLAS tier prepares nothing and leaves it alone)."""
+    require_tier(tier)
+    x, W, b = make_data(rows, 60, 100)
+    p = api.pack(W, mode)
+    nbytes = max(api.activation_bytes(p, rows, tier), 1)
+    scratch = np.full(nbytes, 0xAB, np.uint8)  # stale bytes must not leak into the product
+    y = api.linear(x, p, b, gelu=True, tier=tier, scratch=scratch)
+    prepared = api.activations(x, p, tier)
+    if prepared is None:
+        assert tier == "blas" and (scratch == 0xAB).all()
+        return
+    assert_bit_equal(y, api.linear(x, p, b, gelu=True, tier=tier, activations=prepared), mode + " " + tier)
+    for array in prepared.arrays:  # the same arrays at the same places (not the padding between them)
+        offset = array.ctypes.data - prepared.buffer.ctypes.data
+        np.testing.assert_array_equal(np.ndarray(array.shape, array.dtype, buffer=scratch, offset=offset), array)
+    with pytest.raises(ValueError, match="scratch of 10 bytes cannot hold a prepared input of %d bytes" % nbytes):
+        api.linear(x, p, b, tier=tier, scratch=np.empty(10, np.uint8))

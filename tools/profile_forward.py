@@ -45,7 +45,6 @@ def wrap_all(times):
         setattr(module, name, timed)
 
     wrap(encoder, "linear", "linear layers")
-    wrap(encoder, "_prepared", "linear layers")  # quantising / rounding a product's input
     wrap(attention, "attention", "attention (fused)")
     wrap(attention, "attention_qkv", "attention (fused)")  # Q, K and V from one stacked product
     for name in ("bias_residual_layer_norm", "embeddings_layer_norm", "bias_gelu"):

@@ -74,18 +74,19 @@ def matmul_t(x, weight, out=None):
     return np.matmul(x, weight.T, out=out)  # [N, in] -> [N, out]
 
 
-def linear(x, w, packed=None, with_bias=True, gelu=False, out=None, activations=None):
+def linear(x, w, packed=None, with_bias=True, gelu=False, out=None, scratch=None):
     """nn.Linear (x W^T [+ b]) and, for the FFN's first product, GELU: [N, in] -> [N, out].
 
     With the weight packed for refimpl's kernels (``packed``, a ``kernels.matmul.PackedLinear``) the
     bias and GELU are fused into the kernel's store; with BLAS they are one more pass. Without
     ``with_bias`` the kernel that follows adds the bias. ``out``: the [N, out] array to write
-    (else a new one); ``activations``: x already prepared for the kernels (``kernels.matmul.activations``)."""
+    (else a new one); ``scratch``: the pass's buffers, whose "prepared" bytes the kernel quantises or
+    rounds x into (no fresh pages)."""
     if packed is not None:
         from refimpl.engines.fast.kernels.matmul import linear as packed_linear
 
         bias = w["bias"] if with_bias else None
-        return packed_linear(x, packed, bias, gelu=gelu, out=out, activations=activations)
+        return packed_linear(x, packed, bias, gelu=gelu, out=out, scratch=scratch.get("prepared") if scratch else None)
     y = matmul_t(x, w["weight"], out)
     if gelu:
         norms.bias_gelu(y, w["bias"])
@@ -160,16 +161,6 @@ def _scratch(n, config: EncoderConfig, dtype, packed_layers):
                 del _idle[:-IDLE_SCRATCHES]
 
 
-def _prepared(x, packed, scratch):
-    """x quantised or rounded for the product of ``packed`` on the pass's scratch (no fresh pages), in
-    parallel when the product is; None with BLAS or without scratch (the product prepares its own)."""
-    if packed is None or not scratch:
-        return None
-    from refimpl.engines.fast.kernels.matmul import activations
-
-    return activations(x, packed, scratch=scratch["prepared"])
-
-
 def attention(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False, packed=None, scratch=None, out=None):
     """RobertaAttention on packed tokens: projections, per-sequence attention, dense + residual + LayerNorm;
     with ``keep_probabilities`` also each sequence's attention probabilities [nh, L, L]. ``packed`` maps
@@ -191,7 +182,7 @@ def attention(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False,
         raise ValueError(f"packed attention products {sorted(packed)} lack 'self.qkv' (query, key and value stacked)")
     if stacked is not None:
         bias = {"bias": np.concatenate([sw[name]["bias"] for name in ("query", "key", "value")])}
-        qkv = linear(x, bias, stacked, out=scratch.get("qkv"), activations=_prepared(x, stacked, scratch))
+        qkv = linear(x, bias, stacked, out=scratch.get("qkv"), scratch=scratch)
         result = attention_qkv(qkv, cu_seqlens, heads, scale, out=context, probabilities=keep_probabilities)
     else:
         q, k, v = (linear(x, sw[name], out=scratch.get(name[0])) for name in ("query", "key", "value"))  # [N, H]
@@ -206,9 +197,7 @@ def dense_residual_layer_norm(h, residual, w, config: EncoderConfig, packed=None
     """LayerNorm(h W^T + b + residual): RobertaSelfOutput / RobertaOutput, LayerNorm fused with bias and
     residual, written to ``out`` (may be ``residual``) or a new array."""
     scratch = scratch or {}
-    y = linear(
-        h, w["dense"], packed, with_bias=False, out=scratch.get("y"), activations=_prepared(h, packed, scratch)
-    )  # [N, in] -> [N, H]
+    y = linear(h, w["dense"], packed, with_bias=False, out=scratch.get("y"), scratch=scratch)  # [N, in] -> [N, H]
     out = np.empty_like(residual) if out is None else out
     norms.bias_residual_layer_norm(
         y,
@@ -228,9 +217,7 @@ def ffn(x, w, config: EncoderConfig, packed=None, scratch=None, out=None):
     packed = packed or {}
     scratch = scratch or {}
     first = packed.get("intermediate.dense")
-    h = linear(
-        x, w["intermediate"]["dense"], first, gelu=True, out=scratch.get("h"), activations=_prepared(x, first, scratch)
-    )  # [N, H] -> [N, I]
+    h = linear(x, w["intermediate"]["dense"], first, gelu=True, out=scratch.get("h"), scratch=scratch)  # -> [N, I]
     return dense_residual_layer_norm(
         h, x, w["output"], config, packed.get("output.dense"), scratch, out
     )  # [N, I] -> [N, H]

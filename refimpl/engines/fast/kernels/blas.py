@@ -22,7 +22,7 @@ def _store(y, bias, gelu, out):
         norms.gelu(out)
 
 
-def linear_f32(x, packed, bias, gelu, out, parallel=True, prepared=None):
+def linear_f32(x, packed, bias, gelu, out, parallel=True, prepared=None, scratch=None):
     w = packed["w"]  # [NP, K, 48]
     N = out.shape[1]
     y = np.matmul(x[None], w)  # [NP, M, 48]
@@ -30,7 +30,7 @@ def linear_f32(x, packed, bias, gelu, out, parallel=True, prepared=None):
     _store(y.astype(np.float32), bias, gelu, out)
 
 
-def linear_int8(x, packed, bias, gelu, out, parallel=True, prepared=None):
+def linear_int8(x, packed, bias, gelu, out, parallel=True, prepared=None, scratch=None):
     N = out.shape[1]
     qw = packing.unpack_int8(packed["w"], N)  # [N, Kp]
     qx, sx = reference.quantize_rows(x)
@@ -41,7 +41,7 @@ def linear_int8(x, packed, bias, gelu, out, parallel=True, prepared=None):
         norms.gelu(out)
 
 
-def linear_bf16(x, packed, bias, gelu, out, parallel=True, prepared=None):
+def linear_bf16(x, packed, bias, gelu, out, parallel=True, prepared=None, scratch=None):
     N = out.shape[1]
     K = x.shape[1]
     wb = packing.bf16_bits_to_f32(packing.unpack_bf16(packed["w"], N))[:, :K]

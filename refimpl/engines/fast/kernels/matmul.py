@@ -3,8 +3,10 @@
     from refimpl.engines.fast.kernels import matmul as api
     p = api.pack(W, "int8")                 # W [out, in] float32 (nn.Linear layout)
     y = api.linear(x, p, bias, gelu=True)   # x [M, in] float32 -> y [M, out] float32
-    a = api.activations(x, p, scratch=buf)  # x quantised / rounded once, into a buffer of
-    y = api.linear(x, p, activations=a)     # activation_bytes(p, M) bytes kept between calls
+    y = api.linear(x, p, scratch=buf)       # x quantised / rounded into a buffer of
+                                            # activation_bytes(p, M) bytes kept between calls
+    a = api.activations(x, p)               # or once, for several products of the same input
+    y = api.linear(x, p, activations=a)
 
 ``PackedLinear.to_dict()`` / ``PackedLinear.from_dict(d)`` convert to and from
 a flat ``{name: np.ndarray}`` dict (safetensors / .npy friendly; arrays may be
@@ -150,6 +152,7 @@ class Activations(NamedTuple):
     rows: int
     k: int
     arrays: tuple  # int8: (q [rows, kp], sx [rows]); bf16: (xa [rows, kp2],)
+    buffer: np.ndarray  # 1-D uint8 holding the arrays, as the tier's drivers read them
 
 
 def _float32_rows(x, k):
@@ -197,13 +200,13 @@ def activations(x, packed, tier=None, parallel=None, scratch=None):
         parallel = _parallel_by_size(x.shape[0], packed)
     w = packed.arrays["w"]
     if packed.mode == "int8":
-        arrays = mod.prepare_int8(x, w.shape[1] * 4, parallel, scratch)
+        arrays, buffer = mod.prepare_int8(x, w.shape[1] * 4, parallel, scratch)
     else:
-        arrays = (mod.prepare_bf16(x, w.shape[1] * 2, parallel, scratch),)
-    return Activations(packed.mode, choice.tier, x.shape[0], packed.k, arrays)
+        arrays, buffer = mod.prepare_bf16(x, w.shape[1] * 2, parallel, scratch)
+    return Activations(packed.mode, choice.tier, x.shape[0], packed.k, arrays, buffer)
 
 
-def linear(x, packed, bias=None, gelu=False, out=None, tier=None, parallel=None, activations=None):
+def linear(x, packed, bias=None, gelu=False, out=None, tier=None, parallel=None, activations=None, scratch=None):
     """y = x @ W.T + bias, optionally exact GELU -> [M, out] float32.
 
     x        : [M, in] float32 (copied if not C-contiguous float32)
@@ -213,6 +216,8 @@ def linear(x, packed, bias=None, gelu=False, out=None, tier=None, parallel=None,
     parallel : None = auto (serial below SERIAL_FLOPS), True/False to force.
                The result bits never depend on it.
     activations : x already prepared by ``activations(x, packed-of-the-same-mode-and-in)`` (or None)
+    scratch  : a 1-D uint8 array of at least ``activation_bytes(packed, M)`` for the kernel to
+               quantise or round x into (else a new one); not needed with ``activations``
     """
     x = _float32_rows(x, packed.k)
     M = x.shape[0]
@@ -244,8 +249,8 @@ def linear(x, packed, bias=None, gelu=False, out=None, tier=None, parallel=None,
                 "activations prepared for %s on %s, [%d, %d], used for %s on %s, [%d, %d]"
                 % (*activations[:4], packed.mode, choice.tier, M, packed.k)
             )
-        prepared = activations.arrays
-    kernel(x, packed.arrays, bias, bool(gelu), out, bool(parallel), prepared)
+        prepared = activations.buffer
+    kernel(x, packed.arrays, bias, bool(gelu), out, bool(parallel), prepared, scratch)
     return out
 
 
