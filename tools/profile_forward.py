@@ -3,6 +3,7 @@
     python -m tools.profile_forward                      # 32 KLUE-like sentences (~500 tokens)
     python -m tools.profile_forward --batch-one          # one 16-token sentence (latency)
     python -m tools.profile_forward --model DIR --repeats 20 --compute int8
+    python -m tools.profile_forward --batch-one --tokens 17 --per-call --compute int8   # each call
 
 Any commit can be profiled the same way, which is how docs/performance.md measures what each
 optimisation gained:
@@ -28,8 +29,10 @@ from pathlib import Path
 import numpy as np
 
 
-def wrap_all(times):
-    """Time every entry point of one forward pass: the linear layers, attention, the LayerNorm kernels."""
+def wrap_all(times, calls=None):
+    """Time every entry point of one forward pass: the linear layers, attention, the LayerNorm kernels.
+    ``calls``, when given, also gets each call's duration in seconds under its own label (the linear
+    layers by shape, ``linear 768->2304``)."""
     from refimpl.engines.fast import encoder
     from refimpl.engines.fast.kernels import attention, norms
 
@@ -39,7 +42,10 @@ def wrap_all(times):
         def timed(*args, **kwargs):
             start = time.perf_counter()
             result = original(*args, **kwargs)
-            times[label or name] += time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            times[label or name] += seconds
+            if calls is not None:
+                calls[_call_label(label or name, args)].append(seconds)
             return result
 
         setattr(module, name, timed)
@@ -51,10 +57,20 @@ def wrap_all(times):
         wrap(norms, name)
 
 
+def _call_label(label, args):
+    if label == "linear layers":  # encoder.linear(x, w, packed, ...): by the product's shape
+        x, packed = args[0], args[2] if len(args) > 2 else None
+        width = packed.out_features if packed is not None else args[1]["weight"].shape[0]
+        return f"linear {x.shape[1]}->{width}"
+    return label
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="default: the bench's klue-shaped model")
-    parser.add_argument("--batch-one", action="store_true", help="one 16-token sentence instead of 32 sentences")
+    parser.add_argument("--batch-one", action="store_true", help="one sentence instead of 32 sentences")
+    parser.add_argument("--tokens", type=int, default=16, help="the --batch-one sentence's length (16)")
+    parser.add_argument("--per-call", action="store_true", help="also each kind of call: count and median")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--compute", default="float32", choices=("float32", "int8", "bfloat16"))
     args = parser.parse_args()
@@ -66,7 +82,10 @@ def main():
     packed_layers = model.pipeline.transformer.engine().packed_layers()
     print(model.engine_info)
     rng = np.random.default_rng(0)
-    lengths = np.array([16]) if args.batch_one else np.clip(rng.lognormal(np.log(16), 0.45, 32), 5, 60).astype(int)
+    if args.batch_one:
+        lengths = np.array([args.tokens])
+    else:
+        lengths = np.clip(rng.lognormal(np.log(16), 0.45, 32), 5, 60).astype(int)
     tokens = int(lengths.sum())
     ids = rng.integers(5, 1700, tokens)
     types = np.zeros(tokens, np.int64)
@@ -77,9 +96,11 @@ def main():
 
     forward()
     times = collections.defaultdict(float)
-    wrap_all(times)
+    calls = collections.defaultdict(list)
+    wrap_all(times, calls)
     forward()
     times.clear()
+    calls.clear()
     totals = []
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(args.repeats):
@@ -95,6 +116,16 @@ def main():
     print(f"mean {total / args.repeats * 1e3:.1f} ms per forward (the components are means too)")
     print(f"median {median * 1e3:.1f} ms per forward, {tokens / median:.0f} tokens/s")
     print(f"{faults:.0f} minor page faults per forward (memory the pass touches for the first time)")
+    if args.per_call:
+        print("per call (median over the repeats), and per forward:")
+        for name, seconds in sorted(calls.items(), key=lambda item: -sum(item[1])):
+            per_pass = len(seconds) / args.repeats
+            print(
+                f"  {name:28s} {per_pass:4.0f} calls x {statistics.median(seconds) * 1e6:7.1f} us"
+                f" = {sum(seconds) / args.repeats * 1e3:6.2f} ms"
+            )
+        outside = (total - sum(times.values())) / args.repeats
+        print(f"  {'outside these calls':28s} {outside * 1e3:27.2f} ms (the embeddings, pooling, Python between calls)")
 
 
 if __name__ == "__main__":

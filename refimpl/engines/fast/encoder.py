@@ -16,7 +16,8 @@ import threading
 
 import numpy as np
 
-from refimpl.engines.fast.kernels import norms, policy
+from refimpl.engines.fast.kernels import attention as attention_kernels
+from refimpl.engines.fast.kernels import matmul, norms, policy
 from refimpl.load.config import EncoderConfig
 
 
@@ -83,10 +84,8 @@ def linear(x, w, packed=None, with_bias=True, gelu=False, out=None, scratch=None
     (else a new one); ``scratch``: the pass's buffers, whose "prepared" bytes the kernel quantises or
     rounds x into (no fresh pages)."""
     if packed is not None:
-        from refimpl.engines.fast.kernels.matmul import linear as packed_linear
-
         bias = w["bias"] if with_bias else None
-        return packed_linear(x, packed, bias, gelu=gelu, out=out, scratch=scratch.get("prepared") if scratch else None)
+        return matmul.linear(x, packed, bias, gelu=gelu, out=out, scratch=scratch.get("prepared") if scratch else None)
     y = matmul_t(x, w["weight"], out)
     if gelu:
         norms.bias_gelu(y, w["bias"])
@@ -145,9 +144,7 @@ def _scratch(n, config: EncoderConfig, dtype, packed_layers):
     """Buffers for a pass of n tokens: a Scratch taken for the pass and given back after it."""
     prepared_bytes = 0
     if packed_layers:
-        from refimpl.engines.fast.kernels.matmul import activation_bytes
-
-        prepared_bytes = max((activation_bytes(p, n) for p in packed_layers[0].values()), default=0)
+        prepared_bytes = max((matmul.activation_bytes(p, n) for p in packed_layers[0].values()), default=0)
     key = (np.dtype(dtype), config.hidden_size, config.intermediate_size)
     with _idle_lock:
         match = next((i for i in reversed(range(len(_idle))) if _idle[i].key == key), None)
@@ -168,9 +165,6 @@ def attention(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False,
     packed weights, when the engine packed them;
     ``scratch``: the pass's buffers (``Scratch.views``), else new arrays; ``out``: where the result goes
     (may be x itself), else a new array."""
-    from refimpl.engines.fast.kernels.attention import attention as fused_attention
-    from refimpl.engines.fast.kernels.attention import attention_qkv
-
     packed = packed or {}
     scratch = scratch or {}
     sw = w["self"]
@@ -183,10 +177,14 @@ def attention(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False,
     if stacked is not None:
         bias = {"bias": np.concatenate([sw[name]["bias"] for name in ("query", "key", "value")])}
         qkv = linear(x, bias, stacked, out=scratch.get("qkv"), scratch=scratch)
-        result = attention_qkv(qkv, cu_seqlens, heads, scale, out=context, probabilities=keep_probabilities)
+        result = attention_kernels.attention_qkv(
+            qkv, cu_seqlens, heads, scale, out=context, probabilities=keep_probabilities
+        )
     else:
         q, k, v = (linear(x, sw[name], out=scratch.get(name[0])) for name in ("query", "key", "value"))  # [N, H]
-        result = fused_attention(q, k, v, cu_seqlens, heads, scale, out=context, probabilities=keep_probabilities)
+        result = attention_kernels.attention(
+            q, k, v, cu_seqlens, heads, scale, out=context, probabilities=keep_probabilities
+        )
     kept = result[1] if keep_probabilities else None
     dense = packed.get("output.dense")
     result = dense_residual_layer_norm(context, x, w["output"], config, dense, scratch, out)
@@ -277,6 +275,4 @@ def _products_on_blas(packed_layers) -> bool:
     first = next(iter(packed_layers[0].values()), None) if packed_layers else None
     if first is None:
         return True
-    from refimpl.engines.fast.kernels.matmul import kernel_for
-
-    return kernel_for(first.mode)[0].tier == "blas"
+    return matmul.kernel_for(first.mode)[0].tier == "blas"
