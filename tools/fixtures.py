@@ -5,7 +5,7 @@ Needs torch and transformers (the test extra). Used by tests/ and tools/ (as too
 as a script it writes the klue-shaped model to a directory:
 
     python -m tools.fixtures klue OUT_DIR        # ~440 MB of random weights
-    python -m tools.fixtures tiny OUT_DIR [--model-type bert]
+    python -m tools.fixtures tiny OUT_DIR [--model-type bert] [--layers 12 --heads 12]
 
 Every parameter is randomized (biases and LayerNorm included): transformers'
 default initialization zeroes biases and makes LayerNorm the identity, which
@@ -340,11 +340,15 @@ def main():
     parser.add_argument("kind", choices=["klue", "tiny"])
     parser.add_argument("out")
     parser.add_argument("--model-type", default="roberta", choices=["bert", "roberta", "xlm-roberta"])
+    parser.add_argument("--layers", type=int, default=3, help="tiny: encoder layers (3; 12 to time klue's fixed costs)")
+    parser.add_argument("--heads", type=int, default=4, help="tiny: attention heads (4), of 8 dimensions each")
     args = parser.parse_args()
     if args.kind == "klue":
         print(make_klue_model(args.out))
     else:
-        print(make_tiny_model(args.out, model_type=args.model_type))
+        hidden = 8 * args.heads
+        print(make_tiny_model(args.out, model_type=args.model_type, num_layers=args.layers, hidden_size=hidden,
+                              num_heads=args.heads, intermediate_size=2 * hidden))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@
     python -m tools.microbench overlap        # batch-1 products against plain streams of their weights, by rows
     python -m tools.microbench wake           # a parallel region after a pause: when numba's worker is asleep
     python -m tools.microbench between        # batch 1 with attention and LayerNorm parallel too, quiet and busy
+    python -m tools.microbench keep-awake     # batch 1 with an empty parallel region amid each attention
+    python -m tools.microbench shared-items   # batch 1 with the products' items shared, not halved
 
 Run on an idle machine; each prints its measurements.
 """
@@ -464,10 +466,159 @@ def between():
         print(f"{mode}: idle: {quiet}; core 0 busy: {busy}")
 
 
+def _variants_quiet_and_busy(mode, variants, calls=15, rounds=6):
+    """Batch 1 on the bench's 17-token sentence under each variant (a function that installs it and
+    returns a function that puts refimpl's back), in turn, quiet and with core 0 busy; checks that
+    each variant gives refimpl's embedding bit for bit."""
+    from tokenizers import Tokenizer
+
+    from refimpl import SentenceTransformer
+    from tools import batch_one
+    from tools.bench import BusyCore
+
+    model_dir = common.klue_model()
+    model = SentenceTransformer(str(model_dir), compute=mode)
+    text = common.make_texts(Tokenizer.from_file(str(model_dir / "tokenizer.json")), [17], 4)[0]
+    reference = model.encode([text])
+    for install in variants.values():
+        restore = install()
+        same = np.array_equal(model.encode([text]), reference)
+        restore()
+        assert same, "a variant changed the embedding"
+
+    def run():
+        times = {"refimpl's": [], **{name: [] for name in variants}}
+        for _ in range(rounds):
+            times["refimpl's"].append(batch_one.median_ms(model, text, calls))
+            for name, install in variants.items():
+                restore = install()
+                times[name].append(batch_one.median_ms(model, text, calls))
+                restore()
+        return ", ".join(f"{name} {statistics.median(v):.2f} ms" for name, v in times.items())
+
+    quiet = run()
+    with BusyCore():
+        busy = run()
+    print(f"{mode}: idle: {quiet}; core 0 busy: {busy}")
+
+
+def keep_awake():
+    """numba's worker falls asleep during each layer's attention (``wake``). Splitting the attention's
+    heads in two halves with an empty parallel region between keeps it spinning: one cheap region
+    instead of a wake-up in the product after attention."""
+    from numba import njit, prange
+
+    from refimpl.engines.fast.kernels import attention as A
+
+    @njit(**A._opts)
+    def heads(q, k, v, ldi, qo, ko, vo, cu, nh, scale, out, wide, probs, poffs, want, first, last):
+        n, width = out.shape
+        items, kt, vp, s, o, l = A._plan(cu, nh, width // nh, 1, np.zeros(1, q.dtype))
+        counter = np.zeros(1, np.int64)
+        A._worker(
+            np.int64(0), counter, items[first:last], q, k, v, ldi, qo, ko, vo, out.reshape(n * width), width, cu,
+            nh, width // nh, scale, kt, vp, s, o, l, wide, probs, poffs, want,
+        )  # fmt: skip
+
+    @njit(parallel=True)
+    def empty_region(a):
+        for i in prange(2):
+            a[i] = i
+
+    flag = np.zeros(2, np.int64)
+    original = A.attention_qkv
+
+    def split(qkv, cu_seqlens, num_heads, scale, out=None, probabilities=False, parallel=None):
+        if probabilities or len(cu_seqlens) != 2 or out is None:
+            return original(qkv, cu_seqlens, num_heads, scale, out, probabilities, parallel)
+        width = qkv.shape[1] // 3
+        flat = qkv.reshape(-1)
+        args = (flat, flat, flat, 3 * width, 0, width, 2 * width, cu_seqlens, num_heads, qkv.dtype.type(scale), out,
+                bool(A.HOST_AVX512), A._NO_PROBABILITIES[qkv.dtype], A._NO_OFFSETS, False)  # fmt: skip
+        heads(*args, 0, num_heads // 2)
+        empty_region(flag)
+        heads(*args, num_heads // 2, num_heads)
+        return out
+
+    def install():
+        A.attention_qkv = split
+        return lambda: setattr(A, "attention_qkv", original)
+
+    for mode in ("int8", "bfloat16", "float32"):
+        _variants_quiet_and_busy(mode, {"attention in two halves": install})
+
+
+def shared_items():
+    """The AVX-512 products with their work items taken from two shared counters (each thread its own
+    half first, then what is left of the other's) instead of prange's two fixed halves: a thread that
+    starts late (a wake-up, a busy core) would do less."""
+    from numba import njit, prange
+
+    from refimpl.engines.fast.kernels import avx512 as X
+    from refimpl.engines.fast.kernels import common as C
+    from refimpl.engines.fast.kernels.lanes import atomic_add
+
+    @njit(inline="always")
+    def take(counters, w, n):
+        half, w = (n + 1) // 2, np.int64(w)  # w: prange's index, unsigned
+        for turn in range(2):
+            side = w if turn == 0 else 1 - w
+            t = atomic_add(counters, side, 1) + side * half
+            if t < min(n, (side + 1) * half):
+                return t
+        return -1
+
+    @njit(parallel=True)
+    def gemm_f32(x, bp, bias, gelu, out, mb):
+        n, counters = X._n_items(x.shape[0], bp.shape[0], mb), np.zeros(2, np.int64)
+        for w in prange(2):
+            it = take(counters, w, n)
+            while it >= 0:
+                X._item_f32(it, x, bp, bias, gelu, out, mb)
+                it = take(counters, w, n)
+
+    @njit(parallel=True)
+    def gemm_int8(x, buf, prepare, bq, sw, colsum, bias, gelu, out, mb):
+        qa, sx = C.int8_views(buf, x.shape[0], bq.shape[1] * 4, X._INT8_INPUT)
+        if prepare:
+            C.quantize_input(x, qa, sx, 128)
+        n, counters = X._n_items(x.shape[0], bq.shape[0], mb), np.zeros(2, np.int64)
+        for w in prange(2):
+            it = take(counters, w, n)
+            while it >= 0:
+                X._item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb)
+                it = take(counters, w, n)
+
+    @njit(parallel=True)
+    def gemm_bf16(x, buf, prepare, bb, bias, gelu, out, mb):
+        xa = C.bf16_view(buf, x.shape[0], bb.shape[1] * 2, X._BF16_INPUT)
+        if prepare:
+            X._round_input(x, xa)
+        n, counters = X._n_items(x.shape[0], bb.shape[0], mb), np.zeros(2, np.int64)
+        for w in prange(2):
+            it = take(counters, w, n)
+            while it >= 0:
+                X._item_bf16(it, xa, bb, bias, gelu, out, mb)
+                it = take(counters, w, n)
+
+    shared = {"gemm_f32": gemm_f32, "gemm_int8": gemm_int8, "gemm_bf16": gemm_bf16}
+
+    def install():
+        originals = {name: getattr(X, name) for name in shared}
+        for name, driver in shared.items():
+            setattr(X, name, driver)
+        return lambda: [setattr(X, name, driver) for name, driver in originals.items()]
+
+    for mode in ("int8", "bfloat16", "float32"):
+        _variants_quiet_and_busy(mode, {"shared items": install})
+
+
 def main():
     commands = {
         "wake": wake,
         "between": between,
+        "keep-awake": keep_awake,
+        "shared-items": shared_items,
         "overlap": overlap,
         "stream": stream,
         "qkv": qkv,
