@@ -209,3 +209,39 @@ def test_the_turn_lock_is_handed_over_in_arrival_order():
     assert order == list(range(5)) and not lock.locked()
     with pytest.raises(RuntimeError, match="nobody holds"):
         lock.release()
+
+
+def test_the_threads_setting_holds_in_every_thread_that_encodes(path, monkeypatch):
+    """SentenceTransformer(threads=1): numba's thread count belongs to the calling thread, so the
+    passes apply the setting themselves; a server's worker thread or a user's own threads must not run
+    on all of numba's threads. A thread that runs no pass keeps numba's default (the control)."""
+    import numba
+
+    from refimpl import SentenceTransformer
+    from refimpl.engines.fast import encoder
+    from refimpl.engines.fast.kernels import threads
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread here: there is nothing to limit")
+    monkeypatch.setattr(threads, "_wanted", None, raising=False)  # restored after the test
+    seen, layer = [], encoder.layer
+
+    def counting_layer(*args, **kwargs):
+        seen.append(numba.get_num_threads())
+        return layer(*args, **kwargs)
+
+    monkeypatch.setattr(encoder, "layer", counting_layer)
+    other = []
+    try:
+        model = SentenceTransformer(str(path), threads=1)
+        worker = threading.Thread(target=model.encode, args=(["하나 둘 셋 넷"],))
+        worker.start()
+        worker.join()
+        control = threading.Thread(target=lambda: other.append(numba.get_num_threads()))
+        control.start()
+        control.join()
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    print("numba threads in the encoding thread's layers:", sorted(set(seen)), "in a thread with no pass:", other)
+    assert seen and set(seen) == {1}, seen
+    assert other == [numba.config.NUMBA_NUM_THREADS]

@@ -4,8 +4,9 @@ Two pools can run: numba's, for refimpl's own kernels (the fast engine's matrix 
 and LayerNorm on the AVX2 and AVX-512 tiers), and BLAS's, for NumPy's products (the BLAS tier, float64
 mode and the reference engine). A forward pass uses one of them for its products, never both at once.
 Both default to the number of cores (or NUMBA_NUM_THREADS / OPENBLAS_NUM_THREADS / OMP_NUM_THREADS when
-set before start-up). ``set_threads(n)`` changes both at run time: BLAS's through threadpoolctl, which
-finds the BLAS library NumPy loaded (OpenBLAS, MKL or BLIS), numba's with ``numba.set_num_threads``.
+set before start-up). ``set_threads(n)`` changes both at run time, for the whole process: BLAS's through
+threadpoolctl, which finds the BLAS library NumPy loaded (OpenBLAS, MKL or BLIS), numba's with
+``numba.set_num_threads`` in every thread that runs a forward pass (numba's count is per thread).
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ from refimpl.checks import positive_int
 
 def set_threads(n: int | None):
     """Use ``n`` threads from now on (None: the number of cores), in BLAS and in numba's kernels."""
-    import numba
     from threadpoolctl import threadpool_limits
 
-    import refimpl.engines.fast.kernels  # noqa: F401  (sets numba's threading layer up before its pool starts)
+    from refimpl.engines.fast.kernels import threads  # sets numba's threading layer up before its pool starts
 
     n = positive_int("threads", (os.cpu_count() or 1) if n is None else n)
     threadpool_limits(limits=n, user_api="blas")
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    threads.use_threads(n)  # numba's count, in every thread that runs a pass from now on
 
 
 def blas_info() -> list[dict]:

@@ -56,6 +56,7 @@ def forward_pass(on_blas: bool = False):
     its ~100 kernel calls would otherwise look up os.environ ~300 times, 0.5 ms of a 6 ms batch-1
     int8 pass (cProfile). A variable changed during the pass takes effect at the next one."""
     previous = getattr(_forward, "snapshot", None)
+    threads.apply_wanted()  # numba's thread count is per calling thread
     with products_on_blas(on_blas):
         snapshot = {name: os.environ.get(name, "") for name in VARIABLES}
         _forward.snapshot = snapshot

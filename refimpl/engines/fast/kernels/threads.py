@@ -37,6 +37,28 @@ _SERIAL_PASSIVE = 24e6
 _SERIAL_SPIN = 2e6
 DEFAULT_SPINCOUNT = "1000"
 configured = False
+_wanted = None  # the thread count use_threads asked for, applied by every forward pass (apply_wanted)
+
+
+def use_threads(n):
+    """Run numba's kernels on ``n`` threads (at most NUMBA_NUM_THREADS) from now on, in every thread
+    that runs a forward pass: ``numba.set_num_threads`` sets the calling thread's count only, so a
+    model loaded with threads=1 and used from a server's or the user's other threads would otherwise
+    run there on all of numba's threads. ``policy.forward_pass`` calls ``apply_wanted``."""
+    import numba
+
+    global _wanted
+    _wanted = min(int(n), numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(_wanted)
+
+
+def apply_wanted():
+    """Give the calling thread the count ``use_threads`` asked for (nothing when it was never called)."""
+    if _wanted is not None:
+        import numba
+
+        if numba.get_num_threads() != _wanted:
+            numba.set_num_threads(_wanted)
 
 
 def launched():
