@@ -172,8 +172,9 @@ def test_activations_of_another_product_are_refused():
 
 @pytest.mark.parametrize("tier", ALL_TIERS)
 @pytest.mark.parametrize("mode", ("int8", "bf16"))
-@pytest.mark.parametrize("rows", (3, 700))  # 700 x 100: the drivers prepare in parallel (common.SERIAL_BELOW)
-def test_products_prepare_their_input_into_the_scratch(mode, tier, rows):
+@pytest.mark.parametrize("parallel", (True, False))
+@pytest.mark.parametrize("rows", (3, 700))  # 700 x 100: the parallel driver prepares on both cores (SERIAL_BELOW)
+def test_products_prepare_their_input_into_the_scratch(mode, tier, parallel, rows):
     """linear(scratch=) quantises / rounds x inside the kernel's driver, into the caller's buffer: the
     same bits as activations() then linear(activations=), and the buffer holds what activations() puts
     there (the BLAS tier prepares nothing and leaves it alone)."""
@@ -182,7 +183,7 @@ def test_products_prepare_their_input_into_the_scratch(mode, tier, rows):
     p = api.pack(W, mode)
     nbytes = max(api.activation_bytes(p, rows, tier), 1)
     scratch = np.full(nbytes, 0xAB, np.uint8)  # stale bytes must not leak into the product
-    y = api.linear(x, p, b, gelu=True, tier=tier, scratch=scratch)
+    y = api.linear(x, p, b, gelu=True, tier=tier, parallel=parallel, scratch=scratch)
     prepared = api.activations(x, p, tier)
     if prepared is None:
         assert tier == "blas" and (scratch == 0xAB).all()
@@ -193,3 +194,33 @@ def test_products_prepare_their_input_into_the_scratch(mode, tier, rows):
         np.testing.assert_array_equal(np.ndarray(array.shape, array.dtype, buffer=scratch, offset=offset), array)
     with pytest.raises(ValueError, match="scratch of 10 bytes cannot hold a prepared input of %d bytes" % nbytes):
         api.linear(x, p, b, tier=tier, scratch=np.empty(10, np.uint8))
+
+
+@pytest.mark.parametrize("mode", ("int8", "bf16"))
+def test_a_scratch_the_kernels_cannot_use_is_refused(mode):
+    """The drivers write and read the buffer unchecked: anything but a large enough writeable
+    C-contiguous 1-D uint8 array is refused before it reaches them, and so is a prepared input whose
+    buffer is too short."""
+    x, W, b = make_data(7, 60, 100)
+    p = api.pack(W, mode)
+    tier = api.kernel_for(mode)[0].tier
+    if tier == "blas":
+        pytest.skip("the BLAS tier prepares no input")
+    nbytes = api.activation_bytes(p, 7)
+    read_only = np.zeros(nbytes, np.uint8)
+    read_only.flags.writeable = False
+    for bad in (
+        np.zeros(nbytes, np.float32),
+        np.zeros((1, nbytes), np.uint8),
+        np.zeros(2 * nbytes, np.uint8)[::2],
+        read_only,
+        [0] * nbytes,
+    ):
+        with pytest.raises(ValueError, match="scratch must be a writeable C-contiguous 1-D uint8 array"):
+            api.linear(x, p, b, scratch=bad)
+    prepared = api.activations(x, p)
+    short = prepared._replace(buffer=prepared.buffer[: nbytes - 8])
+    with pytest.raises(
+        ValueError, match="prepared of %d bytes cannot hold a prepared input of %d" % (nbytes - 8, nbytes)
+    ):
+        api.linear(x, p, b, activations=short)

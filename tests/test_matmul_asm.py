@@ -28,16 +28,16 @@ def modname(mod):
 
 def _compiled_asm(mod, mode):
     x, W, b = make_data(17, 100, 64)
-    p = api.pack(W, mode).arrays
+    packed = api.pack(W, mode)
+    p = packed.arrays
     out = np.empty((17, 100), np.float32)
     g = numba.njit(parallel=True)(getattr(mod, "gemm_" + mode).py_func)
+    buf = np.empty(api.activation_bytes(packed, 17, modname(mod)), np.uint8)  # the driver prepares x into it
     if mode == "f32":
         args = (x, p["w"], b, False, out)
-    elif mode == "int8":  # the driver quantises x into the buffer itself
-        buf = np.empty(api.activation_bytes(api.pack(W, mode), 17, modname(mod)), np.uint8)
+    elif mode == "int8":
         args = (x, buf, True, p["w"], p["scale"], p["colsum"], b, False, out)
     else:
-        buf = np.empty(api.activation_bytes(api.pack(W, mode), 17, modname(mod)), np.uint8)
         args = (x, buf, True, p["w"], b, False, out)
     args += (mod.MB,)  # the drivers take their rows per work item as an argument
     g(*args)

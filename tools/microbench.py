@@ -440,36 +440,28 @@ def wake():
 def between():
     """Batch 1 with the kernels between the products (attention, the LayerNorms) serial, as refimpl runs
     them, and parallel (their size thresholds set to 0, so that numba's worker never waits long enough
-    to sleep), in turn in one process, on an idle machine and with another process busy on core 0."""
-    from refimpl import SentenceTransformer
+    to sleep), in turn in one process, on an idle machine and with another process busy on core 0
+    (batch_one's 10-token sentence)."""
     from refimpl.engines.fast.kernels import attention, norms
     from tools import batch_one
-    from tools.bench import BusyCore
 
-    defaults = attention.SERIAL_BELOW, norms.PARALLEL_MIN_ELEMENTS
-    variants = {"serial (refimpl's)": defaults, "parallel": (0, 0)}
-    for mode in ("int8", "bfloat16", "float32"):
-        model = SentenceTransformer(str(common.klue_model()), compute=mode)
+    def parallel():
+        defaults = attention.SERIAL_BELOW, norms.PARALLEL_MIN_ELEMENTS
+        attention.SERIAL_BELOW, norms.PARALLEL_MIN_ELEMENTS = 0, 0
 
-        def run():
-            times = {name: [] for name in variants}
-            for _ in range(6):
-                for name, (serial_below, min_elements) in variants.items():
-                    attention.SERIAL_BELOW, norms.PARALLEL_MIN_ELEMENTS = serial_below, min_elements
-                    times[name].append(batch_one.median_ms(model, batch_one.TEXT, calls=10))
+        def restore():
             attention.SERIAL_BELOW, norms.PARALLEL_MIN_ELEMENTS = defaults
-            return ", ".join(f"{name} {statistics.median(v):.2f} ms" for name, v in times.items())
 
-        quiet = run()
-        with BusyCore():
-            busy = run()
-        print(f"{mode}: idle: {quiet}; core 0 busy: {busy}")
+        return restore
+
+    for mode in ("int8", "bfloat16", "float32"):
+        _variants_quiet_and_busy(mode, {"parallel": parallel}, calls=10, text=batch_one.TEXT)
 
 
-def _variants_quiet_and_busy(mode, variants, calls=15, rounds=6):
-    """Batch 1 on the bench's 17-token sentence under each variant (a function that installs it and
-    returns a function that puts refimpl's back), in turn, quiet and with core 0 busy; checks that
-    each variant gives refimpl's embedding bit for bit."""
+def _variants_quiet_and_busy(mode, variants, calls=15, rounds=6, text=None):
+    """Batch 1 on ``text`` (default: the bench's 17-token sentence) under each variant (a function that
+    installs it and returns a function that puts refimpl's back), in turn, quiet and with core 0 busy;
+    checks that each variant gives refimpl's embedding bit for bit."""
     from tokenizers import Tokenizer
 
     from refimpl import SentenceTransformer
@@ -478,7 +470,8 @@ def _variants_quiet_and_busy(mode, variants, calls=15, rounds=6):
 
     model_dir = common.klue_model()
     model = SentenceTransformer(str(model_dir), compute=mode)
-    text = common.make_texts(Tokenizer.from_file(str(model_dir / "tokenizer.json")), [17], 4)[0]
+    if text is None:
+        text = common.make_texts(Tokenizer.from_file(str(model_dir / "tokenizer.json")), [17], 4)[0]
     reference = model.encode([text])
     for install in variants.values():
         restore = install()
@@ -579,9 +572,7 @@ def shared_items():
 
     @njit(parallel=True)
     def gemm_int8(x, buf, prepare, bq, sw, colsum, bias, gelu, out, mb):
-        qa, sx = C.int8_views(buf, x.shape[0], bq.shape[1] * 4, X._INT8_INPUT)
-        if prepare:
-            C.quantize_input(x, qa, sx, 128)
+        qa, sx = C.int8_input(x, buf, prepare, bq.shape[1] * 4, X._INT8_INPUT, 128)
         n, counters = X._n_items(x.shape[0], bq.shape[0], mb), np.zeros(2, np.int64)
         for w in prange(2):
             it = take(counters, w, n)
@@ -591,9 +582,7 @@ def shared_items():
 
     @njit(parallel=True)
     def gemm_bf16(x, buf, prepare, bb, bias, gelu, out, mb):
-        xa = C.bf16_view(buf, x.shape[0], bb.shape[1] * 2, X._BF16_INPUT)
-        if prepare:
-            X._round_input(x, xa)
+        xa = X._bf16_input(x, buf, prepare, bb.shape[1] * 2)
         n, counters = X._n_items(x.shape[0], bb.shape[0], mb), np.zeros(2, np.int64)
         for w in prange(2):
             it = take(counters, w, n)

@@ -34,10 +34,11 @@ MR_F32, MR_I8, MR_BF16 = 6, 4, 5
 # --cold --rows 1000 --mb 48 96 192: 96 no faster, 192 slower
 MB = 48
 KC = 256  # k steps per cache block
-# the dtypes of the prepared inputs the drivers read (common.int8_views / bf16_view): q itself for the
-# sign trick, and bf16 values widened to float32 for the emulation
-_round_input = C.round_input_values
-_INT8_INPUT, _BF16_INPUT = np.empty(0, np.int8), np.empty(0, np.float32)
+# the prepared inputs the drivers read (common.int8_input / bf16_values_input): q itself for the sign
+# trick, and bf16 numbers as float32 values for the emulation
+_INT8_INPUT = np.empty(0, np.int8)
+BF16_AS_FLOAT32 = True
+_bf16_input = C.bf16_values_input if BF16_AS_FLOAT32 else C.bf16_bits_input
 TILES = {"f32": "%dx%d" % (MR_F32, NR), "int8": "%dx%d" % (MR_I8, NR), "bf16": "%dx%d" % (MR_BF16, NR)}
 FEATURES = {"f32": ("avx2", "fma"), "int8": ("avx2",), "bf16": ("avx2", "fma")}
 
@@ -195,18 +196,14 @@ def gemm_f32_serial(x, bp, bias, gelu, out, mb):
 def gemm_int8(x, buf, prepare, bq, sw, colsum, bias, gelu, out, mb):
     """x [M,K] float32, quantised (int8 q) into ``buf`` first when ``prepare`` (else buf holds it:
     common.int8_activations); bq [NP,Kp/4,48,4] int8."""
-    qa, sx = C.int8_views(buf, x.shape[0], bq.shape[1] * 4, _INT8_INPUT)
-    if prepare:
-        C.quantize_input(x, qa, sx, 0)
+    qa, sx = C.int8_input(x, buf, prepare, bq.shape[1] * 4, _INT8_INPUT, 0)
     for it in prange(_n_items(x.shape[0], out.shape[1], mb)):
         _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb)
 
 
 @njit(cache=True)
 def gemm_int8_serial(x, buf, prepare, bq, sw, colsum, bias, gelu, out, mb):
-    qa, sx = C.int8_views(buf, x.shape[0], bq.shape[1] * 4, _INT8_INPUT)
-    if prepare:
-        C.quantize_input(x, qa, sx, 0)
+    qa, sx = C.int8_input(x, buf, prepare, bq.shape[1] * 4, _INT8_INPUT, 0)
     for it in range(_n_items(x.shape[0], out.shape[1], mb)):
         _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb)
 
@@ -215,18 +212,14 @@ def gemm_int8_serial(x, buf, prepare, bq, sw, colsum, bias, gelu, out, mb):
 def gemm_bf16(x, buf, prepare, bb, bias, gelu, out, mb):
     """x [M,K] float32, rounded to bf16 (as float32 values) into ``buf`` first when ``prepare``;
     bb [NP,Kp2/2,48,2] uint16."""
-    xa = C.bf16_view(buf, x.shape[0], bb.shape[1] * 2, _BF16_INPUT)
-    if prepare:
-        _round_input(x, xa)
+    xa = _bf16_input(x, buf, prepare, bb.shape[1] * 2)
     for it in prange(_n_items(x.shape[0], out.shape[1], mb)):
         _item_bf16(it, xa, bb, bias, gelu, out, mb)
 
 
 @njit(cache=True)
 def gemm_bf16_serial(x, buf, prepare, bb, bias, gelu, out, mb):
-    xa = C.bf16_view(buf, x.shape[0], bb.shape[1] * 2, _BF16_INPUT)
-    if prepare:
-        _round_input(x, xa)
+    xa = _bf16_input(x, buf, prepare, bb.shape[1] * 2)
     for it in range(_n_items(x.shape[0], out.shape[1], mb)):
         _item_bf16(it, xa, bb, bias, gelu, out, mb)
 
@@ -234,7 +227,6 @@ def gemm_bf16_serial(x, buf, prepare, bb, bias, gelu, out, mb):
 # ------------------------------------------------------------ entry points
 # The glue (common.TierGlue) is Python: the parallel=True drivers are only ever called from Python.
 
-BF16_AS_FLOAT32 = bool(_BF16_INPUT.dtype == np.float32)
 _TILE_ROWS = {"f32": MR_F32, "int8": MR_I8, "bf16": MR_BF16}
 _glue = C.TierGlue(sys.modules[__name__], _INT8_INPUT.dtype, 0, BF16_AS_FLOAT32, _TILE_ROWS)
 prepare_int8, prepare_bf16 = _glue.prepare_int8, _glue.prepare_bf16

@@ -35,10 +35,11 @@ MR = 8
 MB = 256
 KC = 192  # k steps per cache block (B block = 192*192 B = 36 KB, in L1)
 STEP_BYTES = NR * 4  # bytes of B per k step in every mode: 48 float32, 48 x 4 int8, 48 x 2 bf16
-# the dtypes of the prepared inputs the drivers read (common.int8_views / bf16_view): VNNI's unsigned
-# operand u8 = q + 128, and bf16 bits for vdpbf16ps
-_round_input = C.round_input_bits
-_INT8_INPUT, _BF16_INPUT = np.empty(0, np.uint8), np.empty(0, np.uint16)
+# the prepared inputs the drivers read (common.int8_input / bf16_bits_input): VNNI's unsigned operand
+# u8 = q + 128, and bf16 bits for vdpbf16ps (not float32 values)
+_INT8_INPUT = np.empty(0, np.uint8)
+BF16_AS_FLOAT32 = False
+_bf16_input = C.bf16_values_input if BF16_AS_FLOAT32 else C.bf16_bits_input
 TILES = {"f32": "%dx%d" % (MR, NR), "int8": "%dx%d" % (MR, NR), "bf16": "%dx%d" % (MR, NR)}
 FEATURES = {"f32": ("avx512f",), "int8": ("avx512f", "avx512bw", "avx512vnni"), "bf16": ("avx512f", "avx512bf16")}
 
@@ -189,18 +190,14 @@ def gemm_f32_serial(x, bp, bias, gelu, out, mb):
 def gemm_int8(x, buf, prepare, bq, sw, colsum, bias, gelu, out, mb):
     """x [M,K] float32, quantised (u8 = q+128) into ``buf`` first when ``prepare`` (else buf holds it:
     common.int8_activations); bq [NP,Kp/4,48,4] int8."""
-    qa, sx = C.int8_views(buf, x.shape[0], bq.shape[1] * 4, _INT8_INPUT)
-    if prepare:
-        C.quantize_input(x, qa, sx, 128)
+    qa, sx = C.int8_input(x, buf, prepare, bq.shape[1] * 4, _INT8_INPUT, 128)
     for it in prange(_n_items(x.shape[0], bq.shape[0], mb)):
         _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb)
 
 
 @njit(cache=True)
 def gemm_int8_serial(x, buf, prepare, bq, sw, colsum, bias, gelu, out, mb):
-    qa, sx = C.int8_views(buf, x.shape[0], bq.shape[1] * 4, _INT8_INPUT)
-    if prepare:
-        C.quantize_input(x, qa, sx, 128)
+    qa, sx = C.int8_input(x, buf, prepare, bq.shape[1] * 4, _INT8_INPUT, 128)
     for it in range(_n_items(x.shape[0], bq.shape[0], mb)):
         _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb)
 
@@ -208,18 +205,14 @@ def gemm_int8_serial(x, buf, prepare, bq, sw, colsum, bias, gelu, out, mb):
 @njit(parallel=True, cache=True)
 def gemm_bf16(x, buf, prepare, bb, bias, gelu, out, mb):
     """x [M,K] float32, rounded to bf16 bits into ``buf`` first when ``prepare``; bb [NP,Kp2/2,48,2] uint16."""
-    xa = C.bf16_view(buf, x.shape[0], bb.shape[1] * 2, _BF16_INPUT)
-    if prepare:
-        _round_input(x, xa)
+    xa = _bf16_input(x, buf, prepare, bb.shape[1] * 2)
     for it in prange(_n_items(x.shape[0], bb.shape[0], mb)):
         _item_bf16(it, xa, bb, bias, gelu, out, mb)
 
 
 @njit(cache=True)
 def gemm_bf16_serial(x, buf, prepare, bb, bias, gelu, out, mb):
-    xa = C.bf16_view(buf, x.shape[0], bb.shape[1] * 2, _BF16_INPUT)
-    if prepare:
-        _round_input(x, xa)
+    xa = _bf16_input(x, buf, prepare, bb.shape[1] * 2)
     for it in range(_n_items(x.shape[0], bb.shape[0], mb)):
         _item_bf16(it, xa, bb, bias, gelu, out, mb)
 
@@ -227,7 +220,6 @@ def gemm_bf16_serial(x, buf, prepare, bb, bias, gelu, out, mb):
 # ------------------------------------------------------------ entry points
 # The glue (common.TierGlue) is Python: the parallel=True drivers are only ever called from Python.
 
-BF16_AS_FLOAT32 = bool(_BF16_INPUT.dtype == np.float32)
 _glue = C.TierGlue(sys.modules[__name__], _INT8_INPUT.dtype, 128, BF16_AS_FLOAT32, {"f32": MR, "int8": MR, "bf16": MR})
 prepare_int8, prepare_bf16 = _glue.prepare_int8, _glue.prepare_bf16
 linear_f32, linear_int8, linear_bf16 = _glue.linear_f32, _glue.linear_int8, _glue.linear_bf16

@@ -46,12 +46,24 @@ def quantize_row(x, i, q, sx, offset):
 
 
 @njit(inline="always", cache=True)
+def int8_input(x, buf, prepare, kp, like, offset):
+    """A driver's int8 input: (q, sx) on ``buf`` (``int8_views``), quantised from x first when ``prepare``
+    (else ``int8_activations`` put them there)."""
+    q, sx = int8_views(buf, x.shape[0], kp, like)
+    if prepare:
+        quantize_input(x, q, sx, offset)
+    return q, sx
+
+
+@njit(inline="always", cache=True)
 def quantize_rows_in_turn(x, q, sx, offset):
     for i in range(x.shape[0]):
         quantize_row(x, i, q, sx, offset)
 
 
-SERIAL_BELOW = 1 << 16  # M*K below which activation prep runs in the calling thread
+# M*K below which activation prep runs in the calling thread. The drivers' quantize_input / round_input_*
+# compile it in as a constant (a change needs a recompile); int8_activations / bf16_activations read it live.
+SERIAL_BELOW = 1 << 16
 
 
 @njit(inline="always", cache=True)
@@ -149,6 +161,27 @@ def round_input_values(x, xa):
         bf16_rows_values_in_turn(x, xa)
 
 
+_BF16_BITS, _BF16_VALUES = np.empty(0, np.uint16), np.empty(0, np.float32)
+
+
+@njit(inline="always", cache=True)
+def bf16_bits_input(x, buf, prepare, kp2):
+    """A driver's bf16 input as uint16 bits (vdpbf16ps) on ``buf``, rounded from x first when ``prepare``."""
+    xa = bf16_view(buf, x.shape[0], kp2, _BF16_BITS)
+    if prepare:
+        round_input_bits(x, xa)
+    return xa
+
+
+@njit(inline="always", cache=True)
+def bf16_values_input(x, buf, prepare, kp2):
+    """The same as float32 values of bf16 numbers (AVX2's emulation)."""
+    xa = bf16_view(buf, x.shape[0], kp2, _BF16_VALUES)
+    if prepare:
+        round_input_values(x, xa)
+    return xa
+
+
 @njit(parallel=True, cache=True)
 def bf16_rows_u16(x, out):
     """out[M, Kp2] uint16 = bf16(x), zero padded (for vdpbf16ps)."""
@@ -214,12 +247,24 @@ def bf16_activation_bytes(rows, kp2, as_float32):
     return rows * kp2 * (4 if as_float32 else 2)
 
 
-def input_buffer(scratch, nbytes):
-    """``scratch`` (1-D uint8) when given, checked to hold ``nbytes``, else a new buffer. Plain Python."""
+def input_buffer(scratch, nbytes, name="scratch"):
+    """``scratch`` when given, checked to be a writeable C-contiguous 1-D uint8 array of at least
+    ``nbytes`` (the kernels write and read it unchecked), else a new buffer. Plain Python."""
     if scratch is None:
         return np.empty(nbytes, np.uint8)
+    if not (
+        isinstance(scratch, np.ndarray)
+        and scratch.dtype == np.uint8
+        and scratch.ndim == 1
+        and scratch.flags.c_contiguous
+        and scratch.flags.writeable
+    ):
+        raise ValueError(
+            "%s must be a writeable C-contiguous 1-D uint8 array, got %s"
+            % (name, "%s %s" % (getattr(scratch, "dtype", type(scratch).__name__), getattr(scratch, "shape", "")))
+        )
     if nbytes > scratch.size:
-        raise ValueError("scratch of %d bytes cannot hold a prepared input of %d bytes" % (scratch.size, nbytes))
+        raise ValueError("%s of %d bytes cannot hold a prepared input of %d bytes" % (name, scratch.size, nbytes))
     return scratch
 
 
@@ -286,7 +331,7 @@ class TierGlue:
         ``scratch`` (or a new buffer) itself."""
         w = packed["w"]
         nbytes = int8_activation_bytes(x.shape[0], w.shape[1] * 4)
-        buf = prepared if prepared is not None else input_buffer(scratch, nbytes)
+        buf = input_buffer(scratch, nbytes) if prepared is None else input_buffer(prepared, nbytes, "prepared")
         self._driver("int8", parallel)(
             x, buf, prepared is None, w, packed["scale"], packed["colsum"], bias, gelu, out,
             self._rows_per_item("int8", out),
@@ -295,7 +340,7 @@ class TierGlue:
     def linear_bf16(self, x, packed, bias, gelu, out, parallel=True, prepared=None, scratch=None):
         w = packed["w"]
         nbytes = bf16_activation_bytes(x.shape[0], w.shape[1] * 2, self.bf16_as_float32)
-        buf = prepared if prepared is not None else input_buffer(scratch, nbytes)
+        buf = input_buffer(scratch, nbytes) if prepared is None else input_buffer(prepared, nbytes, "prepared")
         self._driver("bf16", parallel)(x, buf, prepared is None, w, bias, gelu, out, self._rows_per_item("bf16", out))
 
 

@@ -217,7 +217,9 @@ def linear(x, packed, bias=None, gelu=False, out=None, tier=None, parallel=None,
                The result bits never depend on it.
     activations : x already prepared by ``activations(x, packed-of-the-same-mode-and-in)`` (or None)
     scratch  : a 1-D uint8 array of at least ``activation_bytes(packed, M)`` for the kernel to
-               quantise or round x into (else a new one); not needed with ``activations``
+               quantise or round x into (else a new one); not needed with ``activations``. It is
+               overwritten: activations() prepared on the same scratch are gone after the call, and
+               two threads must not share one.
     """
     x = _float32_rows(x, packed.k)
     M = x.shape[0]
