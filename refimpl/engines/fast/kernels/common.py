@@ -51,7 +51,7 @@ def int8_input(x, buf, prepare, kp, like, offset):
     (else ``int8_activations`` put them there)."""
     q, sx = int8_views(buf, x.shape[0], kp, like)
     if prepare:
-        quantize_input(x, q, sx, offset)
+        quantize_rows_in_turn(x, q, sx, offset)
     return q, sx
 
 
@@ -61,20 +61,7 @@ def quantize_rows_in_turn(x, q, sx, offset):
         quantize_row(x, i, q, sx, offset)
 
 
-# M*K below which activation prep runs in the calling thread. The drivers' quantize_input / round_input_*
-# compile it in as a constant (a change needs a recompile); int8_activations / bf16_activations read it live.
-SERIAL_BELOW = 1 << 16
-
-
-@njit(inline="always", cache=True)
-def quantize_input(x, q, sx, offset):
-    """The drivers' preparation of an int8 product's input: row by row, over both cores (inside a
-    parallel driver) from SERIAL_BELOW elements on."""
-    if x.size >= SERIAL_BELOW:
-        for i in prange(x.shape[0]):
-            quantize_row(x, i, q, sx, offset)
-    else:
-        quantize_rows_in_turn(x, q, sx, offset)
+SERIAL_BELOW = 1 << 16  # M*K below which activation prep runs in the calling thread (inside the driver)
 
 
 @njit(cache=True)
@@ -141,26 +128,6 @@ def bf16_rows_values_in_turn(x, xa):
         bf16_row_values(x, i, xa)
 
 
-@njit(inline="always", cache=True)
-def round_input_bits(x, xa):
-    """The drivers' rounding of a bf16 product's input to bf16 bits (vdpbf16ps), as ``quantize_input``."""
-    if x.size >= SERIAL_BELOW:
-        for i in prange(x.shape[0]):
-            bf16_row_bits(x, i, xa)
-    else:
-        bf16_rows_bits_in_turn(x, xa)
-
-
-@njit(inline="always", cache=True)
-def round_input_values(x, xa):
-    """The same to float32 values of bf16 numbers (AVX2's emulation)."""
-    if x.size >= SERIAL_BELOW:
-        for i in prange(x.shape[0]):
-            bf16_row_values(x, i, xa)
-    else:
-        bf16_rows_values_in_turn(x, xa)
-
-
 _BF16_BITS, _BF16_VALUES = np.empty(0, np.uint16), np.empty(0, np.float32)
 
 
@@ -169,7 +136,7 @@ def bf16_bits_input(x, buf, prepare, kp2):
     """A driver's bf16 input as uint16 bits (vdpbf16ps) on ``buf``, rounded from x first when ``prepare``."""
     xa = bf16_view(buf, x.shape[0], kp2, _BF16_BITS)
     if prepare:
-        round_input_bits(x, xa)
+        bf16_rows_bits_in_turn(x, xa)
     return xa
 
 
@@ -178,7 +145,7 @@ def bf16_values_input(x, buf, prepare, kp2):
     """The same as float32 values of bf16 numbers (AVX2's emulation)."""
     xa = bf16_view(buf, x.shape[0], kp2, _BF16_VALUES)
     if prepare:
-        round_input_values(x, xa)
+        bf16_rows_values_in_turn(x, xa)
     return xa
 
 
@@ -208,9 +175,11 @@ def bf16_rows_f32_serial(x, out):
 
 # ------------------------------------------- prepared inputs, inside the drivers
 # The drivers take a product's float32 input and a byte buffer, and quantise or round the input into
-# the buffer themselves (``prepare``) or read what ``int8_activations`` / ``bf16_activations`` put
-# there: one numba call per product instead of two, and no Python between them (about 4 us a
-# product at batch 1, where a pass runs 48 products in 4-10 ms).
+# the buffer themselves, in the calling thread (``prepare``), or read what ``int8_activations`` /
+# ``bf16_activations`` put there: one numba call per product instead of two, and no Python between
+# them (about 4 us a product at batch 1, where a pass runs 48 products in 4-10 ms). An input of
+# SERIAL_BELOW elements or more is prepared on both cores by the glue first (a second parallel loop
+# inside every driver cost 3 s more of cold compilation, for nothing at batch 1).
 
 
 @njit(inline="always", cache=True)
@@ -326,22 +295,34 @@ class TierGlue:
     def linear_f32(self, x, packed, bias, gelu, out, parallel=True, prepared=None, scratch=None):
         self._driver("f32", parallel)(x, packed["w"], bias, gelu, out, self._rows_per_item("f32", out))
 
+    def _input(self, x, prepared, scratch, nbytes, prepare_on_both_cores):
+        """(the buffer the driver reads, whether the driver prepares x into it itself)."""
+        if prepared is not None:
+            return input_buffer(prepared, nbytes, "prepared"), False
+        buf = input_buffer(scratch, nbytes)
+        if x.size < SERIAL_BELOW:
+            return buf, True
+        prepare_on_both_cores(buf)
+        return buf, False
+
     def linear_int8(self, x, packed, bias, gelu, out, parallel=True, prepared=None, scratch=None):
-        """``prepared``: the buffer ``prepare_int8`` filled from x; else the driver quantises x into
-        ``scratch`` (or a new buffer) itself."""
+        """``prepared``: the buffer ``prepare_int8`` filled from x; else x is quantised into ``scratch`` (or
+        a new buffer): by the driver, or for a large x first on both cores (``prepare_int8``)."""
         w = packed["w"]
-        nbytes = int8_activation_bytes(x.shape[0], w.shape[1] * 4)
-        buf = input_buffer(scratch, nbytes) if prepared is None else input_buffer(prepared, nbytes, "prepared")
+        kp = w.shape[1] * 4
+        buf, prepare = self._input(
+            x, prepared, scratch, int8_activation_bytes(x.shape[0], kp), lambda b: self.prepare_int8(x, kp, parallel, b)
+        )
         self._driver("int8", parallel)(
-            x, buf, prepared is None, w, packed["scale"], packed["colsum"], bias, gelu, out,
-            self._rows_per_item("int8", out),
-        )  # fmt: skip
+            x, buf, prepare, w, packed["scale"], packed["colsum"], bias, gelu, out, self._rows_per_item("int8", out)
+        )
 
     def linear_bf16(self, x, packed, bias, gelu, out, parallel=True, prepared=None, scratch=None):
         w = packed["w"]
-        nbytes = bf16_activation_bytes(x.shape[0], w.shape[1] * 2, self.bf16_as_float32)
-        buf = input_buffer(scratch, nbytes) if prepared is None else input_buffer(prepared, nbytes, "prepared")
-        self._driver("bf16", parallel)(x, buf, prepared is None, w, bias, gelu, out, self._rows_per_item("bf16", out))
+        kp2 = w.shape[1] * 2
+        nbytes = bf16_activation_bytes(x.shape[0], kp2, self.bf16_as_float32)
+        buf, prepare = self._input(x, prepared, scratch, nbytes, lambda b: self.prepare_bf16(x, kp2, parallel, b))
+        self._driver("bf16", parallel)(x, buf, prepare, w, bias, gelu, out, self._rows_per_item("bf16", out))
 
 
 # ------------------------------------------------------------- epilogues
