@@ -4,8 +4,8 @@
     python -m tools.scale_bench --sentences 8192 --repeats 3
 
 The same KLUE-like sentences go through (1) ``SentenceTransformer.encode`` in this process,
-(2) ``refimpl.dask.encode_file`` on a LocalCluster of 1 worker (2 BLAS threads) and (3) of 2 workers
-(1 BLAS thread each), in turns; the clusters are started (and the model loaded on every worker by
+(2) ``refimpl.dask.encode_file`` on a LocalCluster of 1 worker (2 threads) and (3) of 2 workers
+(1 thread each), in turns; the clusters are started (and the model loaded on every worker by
 a warm-up run) before timing, and that start-up is reported on its own.
 """
 

@@ -79,7 +79,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_model: str):
         default="float32",
         help="arithmetic of the forward pass (default float32; int8/bfloat16 need a refimpl that has them)",
     )
-    model.add_argument("--threads", type=_positive, help="BLAS threads (default: all cores)")
+    model.add_argument("--threads", type=_positive, help="threads for the products and kernels (default: all cores)")
     model.add_argument("--served-model-name", help="the `model` name /v1/embeddings reports (default: --model)")
 
 
