@@ -295,19 +295,20 @@ class TierGlue:
     def linear_f32(self, x, packed, bias, gelu, out, parallel=True, prepared=None, scratch=None):
         self._driver("f32", parallel)(x, packed["w"], bias, gelu, out, self._rows_per_item("f32", out))
 
-    def _input(self, x, prepared, scratch, nbytes, prepare_on_both_cores):
-        """(the buffer the driver reads, whether the driver prepares x into it itself)."""
+    def _input(self, x, prepared, scratch, nbytes, prepare_first):
+        """(the buffer the driver reads, whether the driver prepares x into it itself): a large x is
+        prepared first by ``prepare_first(buffer)``, on both cores when the product runs on both."""
         if prepared is not None:
             return input_buffer(prepared, nbytes, "prepared"), False
         buf = input_buffer(scratch, nbytes)
         if x.size < SERIAL_BELOW:
             return buf, True
-        prepare_on_both_cores(buf)
+        prepare_first(buf)
         return buf, False
 
     def linear_int8(self, x, packed, bias, gelu, out, parallel=True, prepared=None, scratch=None):
         """``prepared``: the buffer ``prepare_int8`` filled from x; else x is quantised into ``scratch`` (or
-        a new buffer): by the driver, or for a large x first on both cores (``prepare_int8``)."""
+        a new buffer): by the driver, or for a large x first (``prepare_int8``)."""
         w = packed["w"]
         kp = w.shape[1] * 4
         buf, prepare = self._input(
