@@ -582,7 +582,7 @@ def shared_items():
 
     @njit(parallel=True)
     def gemm_bf16(x, buf, prepare, bb, bias, gelu, out, mb):
-        xa = X._bf16_input(x, buf, prepare, bb.shape[1] * 2)
+        xa = C.bf16_input(x, buf, prepare, bb.shape[1] * 2, X._BF16_INPUT)
         n, counters = X._n_items(x.shape[0], bb.shape[0], mb), np.zeros(2, np.int64)
         for w in prange(2):
             it = take(counters, w, n)

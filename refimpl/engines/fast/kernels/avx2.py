@@ -34,11 +34,11 @@ MR_F32, MR_I8, MR_BF16 = 6, 4, 5
 # --cold --rows 1000 --mb 48 96 192: 96 no faster, 192 slower
 MB = 48
 KC = 256  # k steps per cache block
-# the prepared inputs the drivers read (common.int8_input / bf16_values_input): q itself for the sign
+# the prepared inputs the drivers read (common.int8_input / bf16_input): q itself for the sign
 # trick, and bf16 numbers as float32 values for the emulation
 _INT8_INPUT = np.empty(0, np.int8)
 BF16_AS_FLOAT32 = True
-_bf16_input = C.bf16_values_input if BF16_AS_FLOAT32 else C.bf16_bits_input
+_BF16_INPUT = np.empty(0, np.float32 if BF16_AS_FLOAT32 else np.uint16)
 TILES = {"f32": "%dx%d" % (MR_F32, NR), "int8": "%dx%d" % (MR_I8, NR), "bf16": "%dx%d" % (MR_BF16, NR)}
 FEATURES = {"f32": ("avx2", "fma"), "int8": ("avx2",), "bf16": ("avx2", "fma")}
 
@@ -212,14 +212,14 @@ def gemm_int8_serial(x, buf, prepare, bq, sw, colsum, bias, gelu, out, mb):
 def gemm_bf16(x, buf, prepare, bb, bias, gelu, out, mb):
     """x [M,K] float32, rounded to bf16 (as float32 values) into ``buf`` first when ``prepare``;
     bb [NP,Kp2/2,48,2] uint16."""
-    xa = _bf16_input(x, buf, prepare, bb.shape[1] * 2)
+    xa = C.bf16_input(x, buf, prepare, bb.shape[1] * 2, _BF16_INPUT)
     for it in prange(_n_items(x.shape[0], out.shape[1], mb)):
         _item_bf16(it, xa, bb, bias, gelu, out, mb)
 
 
 @njit(cache=True)
 def gemm_bf16_serial(x, buf, prepare, bb, bias, gelu, out, mb):
-    xa = _bf16_input(x, buf, prepare, bb.shape[1] * 2)
+    xa = C.bf16_input(x, buf, prepare, bb.shape[1] * 2, _BF16_INPUT)
     for it in range(_n_items(x.shape[0], out.shape[1], mb)):
         _item_bf16(it, xa, bb, bias, gelu, out, mb)
 

@@ -35,11 +35,11 @@ MR = 8
 MB = 256
 KC = 192  # k steps per cache block (B block = 192*192 B = 36 KB, in L1)
 STEP_BYTES = NR * 4  # bytes of B per k step in every mode: 48 float32, 48 x 4 int8, 48 x 2 bf16
-# the prepared inputs the drivers read (common.int8_input / bf16_bits_input): VNNI's unsigned operand
+# the prepared inputs the drivers read (common.int8_input / bf16_input): VNNI's unsigned operand
 # u8 = q + 128, and bf16 bits for vdpbf16ps (not float32 values)
 _INT8_INPUT = np.empty(0, np.uint8)
 BF16_AS_FLOAT32 = False
-_bf16_input = C.bf16_values_input if BF16_AS_FLOAT32 else C.bf16_bits_input
+_BF16_INPUT = np.empty(0, np.float32 if BF16_AS_FLOAT32 else np.uint16)
 TILES = {"f32": "%dx%d" % (MR, NR), "int8": "%dx%d" % (MR, NR), "bf16": "%dx%d" % (MR, NR)}
 FEATURES = {"f32": ("avx512f",), "int8": ("avx512f", "avx512bw", "avx512vnni"), "bf16": ("avx512f", "avx512bf16")}
 
@@ -205,14 +205,14 @@ def gemm_int8_serial(x, buf, prepare, bq, sw, colsum, bias, gelu, out, mb):
 @njit(parallel=True, cache=True)
 def gemm_bf16(x, buf, prepare, bb, bias, gelu, out, mb):
     """x [M,K] float32, rounded to bf16 bits into ``buf`` first when ``prepare``; bb [NP,Kp2/2,48,2] uint16."""
-    xa = _bf16_input(x, buf, prepare, bb.shape[1] * 2)
+    xa = C.bf16_input(x, buf, prepare, bb.shape[1] * 2, _BF16_INPUT)
     for it in prange(_n_items(x.shape[0], bb.shape[0], mb)):
         _item_bf16(it, xa, bb, bias, gelu, out, mb)
 
 
 @njit(cache=True)
 def gemm_bf16_serial(x, buf, prepare, bb, bias, gelu, out, mb):
-    xa = _bf16_input(x, buf, prepare, bb.shape[1] * 2)
+    xa = C.bf16_input(x, buf, prepare, bb.shape[1] * 2, _BF16_INPUT)
     for it in range(_n_items(x.shape[0], bb.shape[0], mb)):
         _item_bf16(it, xa, bb, bias, gelu, out, mb)
 

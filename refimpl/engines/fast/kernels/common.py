@@ -7,7 +7,8 @@ twins in ``reference.py`` reproduce it exactly.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from refimpl.engines.fast.kernels.intrinsics import PREFETCH_FLAG
 from refimpl.engines.fast.kernels.mathf import gelu_f32
@@ -128,24 +129,26 @@ def bf16_rows_values_in_turn(x, xa):
         bf16_row_values(x, i, xa)
 
 
-_BF16_BITS, _BF16_VALUES = np.empty(0, np.uint16), np.empty(0, np.float32)
+def bf16_rows_in_turn(x, xa):
+    """xa = bf16(x) row by row, as uint16 bits (vdpbf16ps) or float32 values (AVX2's emulation) by xa's
+    dtype: a numba function only (the overload below picks one at compile time)."""
+    raise NotImplementedError("bf16_rows_in_turn runs inside numba kernels only")
+
+
+@overload(bf16_rows_in_turn, inline="always")
+def _bf16_rows_by_dtype(x, xa):
+    if xa.dtype == types.float32:
+        return lambda x, xa: bf16_rows_values_in_turn(x, xa)
+    return lambda x, xa: bf16_rows_bits_in_turn(x, xa)
 
 
 @njit(inline="always", cache=True)
-def bf16_bits_input(x, buf, prepare, kp2):
-    """A driver's bf16 input as uint16 bits (vdpbf16ps) on ``buf``, rounded from x first when ``prepare``."""
-    xa = bf16_view(buf, x.shape[0], kp2, _BF16_BITS)
+def bf16_input(x, buf, prepare, kp2, like):
+    """A driver's bf16 input on ``buf`` (``bf16_view``, of ``like``'s dtype: uint16 bits or float32
+    values), rounded from x first when ``prepare`` (else ``bf16_activations`` put it there)."""
+    xa = bf16_view(buf, x.shape[0], kp2, like)
     if prepare:
-        bf16_rows_bits_in_turn(x, xa)
-    return xa
-
-
-@njit(inline="always", cache=True)
-def bf16_values_input(x, buf, prepare, kp2):
-    """The same as float32 values of bf16 numbers (AVX2's emulation)."""
-    xa = bf16_view(buf, x.shape[0], kp2, _BF16_VALUES)
-    if prepare:
-        bf16_rows_values_in_turn(x, xa)
+        bf16_rows_in_turn(x, xa)
     return xa
 
 
@@ -295,15 +298,16 @@ class TierGlue:
     def linear_f32(self, x, packed, bias, gelu, out, parallel=True, prepared=None, scratch=None):
         self._driver("f32", parallel)(x, packed["w"], bias, gelu, out, self._rows_per_item("f32", out))
 
-    def _input(self, x, prepared, scratch, nbytes, prepare_first):
+    def _input(self, x, prepared, scratch, nbytes, prepare_first, padded, parallel):
         """(the buffer the driver reads, whether the driver prepares x into it itself): a large x is
-        prepared first by ``prepare_first(buffer)``, on both cores when the product runs on both."""
+        prepared first by ``prepare_first(x, padded, parallel, buffer)``, on both cores when the product
+        runs on both."""
         if prepared is not None:
             return input_buffer(prepared, nbytes, "prepared"), False
         buf = input_buffer(scratch, nbytes)
         if x.size < SERIAL_BELOW:
             return buf, True
-        prepare_first(buf)
+        prepare_first(x, padded, parallel, buf)
         return buf, False
 
     def linear_int8(self, x, packed, bias, gelu, out, parallel=True, prepared=None, scratch=None):
@@ -311,9 +315,8 @@ class TierGlue:
         a new buffer): by the driver, or for a large x first (``prepare_int8``)."""
         w = packed["w"]
         kp = w.shape[1] * 4
-        buf, prepare = self._input(
-            x, prepared, scratch, int8_activation_bytes(x.shape[0], kp), lambda b: self.prepare_int8(x, kp, parallel, b)
-        )
+        nbytes = int8_activation_bytes(x.shape[0], kp)
+        buf, prepare = self._input(x, prepared, scratch, nbytes, self.prepare_int8, kp, parallel)
         self._driver("int8", parallel)(
             x, buf, prepare, w, packed["scale"], packed["colsum"], bias, gelu, out, self._rows_per_item("int8", out)
         )
@@ -322,7 +325,7 @@ class TierGlue:
         w = packed["w"]
         kp2 = w.shape[1] * 2
         nbytes = bf16_activation_bytes(x.shape[0], kp2, self.bf16_as_float32)
-        buf, prepare = self._input(x, prepared, scratch, nbytes, lambda b: self.prepare_bf16(x, kp2, parallel, b))
+        buf, prepare = self._input(x, prepared, scratch, nbytes, self.prepare_bf16, kp2, parallel)
         self._driver("bf16", parallel)(x, buf, prepare, w, bias, gelu, out, self._rows_per_item("bf16", out))
 
 
