@@ -83,6 +83,31 @@ def test_every_tier_gives_the_same_int8_and_bfloat16_bits(path, monkeypatch, mod
         check_parity("float32 packed vs BLAS", results[tiers[0]], results["blas"], 1e-5)
 
 
+@pytest.mark.parametrize("tier", ["avx512", "avx2"])
+def test_the_ffn_rounding_its_output_for_the_next_product_gives_the_same_bits(path, monkeypatch, tier):
+    """bf16: the FFN's first product stores its output rounded as the second's input
+    (encoder.ROUNDED_FFN); the embeddings must be those of rounding a float32 output."""
+    from refimpl.engines.fast import encoder
+    from refimpl.engines.fast.kernels import matmul
+
+    if cpu.missing_features(tier):
+        pytest.skip("CPU lacks %s needed by tier %s" % (", ".join(cpu.missing_features(tier)), tier))
+    monkeypatch.setenv(cpu.ENV_VAR, tier)
+    model = SentenceTransformer(path, compute="bfloat16")
+    calls = []
+    original = matmul.linear_to_activations
+    monkeypatch.setattr(matmul, "linear_to_activations", lambda *a, **k: calls.append(1) or original(*a, **k))
+    results = {}
+    for rounded in (False, True):
+        monkeypatch.setattr(encoder, "ROUNDED_FFN", rounded)
+        calls.clear()
+        results[rounded] = model.encode(SENTENCES)
+        assert bool(calls) == rounded, "the rounding store ran %d times with ROUNDED_FFN=%s" % (len(calls), rounded)
+    difference = np.abs(results[True] - results[False]).max()
+    print(f"{tier}: max difference with and without the rounding store {difference:.3g}")
+    assert np.array_equal(results[True], results[False])
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_a_sentence_has_the_same_vector_whatever_it_is_batched_with(path, mode):
     if cpu.requested_tier() == "blas":

@@ -5,7 +5,7 @@ import pytest
 
 from refimpl.engines.fast.kernels import matmul as api
 from refimpl.engines.fast.kernels import packing
-from tests.matmul_helpers import ALL_TIERS, MODES, assert_bit_equal, make_data, require_tier
+from tests.matmul_helpers import ALL_TIERS, MODES, assert_bit_equal, make_data, require_features, require_tier
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -80,36 +80,71 @@ def test_pack_layouts():
     assert h["w"].shape == (3, 35, 48, 2) and h["w"].dtype == np.uint16
 
 
-def test_bf16_rounding_numba_matches_numpy():
-    from refimpl.engines.fast.kernels import common
+_BF16_SPECIAL = np.array(
+    [
+        0,
+        0x80000000,
+        0x7F800000,
+        0xFF800000,
+        0x7FC00000,
+        0x7F800001,
+        0x00000001,
+        0x807FFFFF,
+        0x00800000,
+        0x7F7FFFFF,
+        0x3F808000,
+        0x3F818000,
+        0x3F80FFFF,
+        0x007FFFFF,
+        0x007F8000,
+    ],
+    np.uint32,
+)
 
+
+def _bf16_rounding_inputs():
     rng = np.random.default_rng(0)
     u = rng.integers(0, 2**32, 200000, dtype=np.uint64).astype(np.uint32)
-    special = np.array(
-        [
-            0,
-            0x80000000,
-            0x7F800000,
-            0xFF800000,
-            0x7FC00000,
-            0x7F800001,
-            0x00000001,
-            0x807FFFFF,
-            0x00800000,
-            0x7F7FFFFF,
-            0x3F808000,
-            0x3F818000,
-            0x3F80FFFF,
-            0x007FFFFF,
-        ],
-        np.uint32,
-    )
-    v = np.concatenate([u, special]).view(np.float32).reshape(1, -1)
-    out = np.empty(v.shape, np.uint16)
-    common.bf16_rows_u16(v, out)
-    np.testing.assert_array_equal(out[0], packing.f32_to_bf16_bits(v[0]))
+    return np.concatenate([u, _BF16_SPECIAL]).view(np.float32).reshape(1, -1)
+
+
+def test_bf16_rounding_rule():
+    """vcvtneps2bf16's rule (Intel's pseudo-code): round to nearest even, quiet NaN, and a float32
+    denormal goes to signed zero even where rounding would carry it into the smallest normal."""
+    bits = packing.f32_to_bf16_bits(_BF16_SPECIAL.view(np.float32))
+    expected = [0, 0x8000, 0x7F80, 0xFF80, 0x7FC0, 0x7FC0, 0, 0x8000, 0x0080, 0x7F80, 0x3F80, 0x3F82, 0x3F81, 0, 0]
+    assert [int(b) for b in bits] == expected
     e = packing.f32_to_bf16_bits(np.array([1.00390625, 1.01171875], np.float32))  # ties
     assert list(e) == [0x3F80, 0x3F82]
+
+
+def test_bf16_rounding_numba_values_match_numpy():
+    """The AVX2 emulation's input (float32 values of bf16, scalar integer code) against NumPy."""
+    from refimpl.engines.fast.kernels import common
+
+    v = _bf16_rounding_inputs()
+    for kernel in (common.bf16_rows_f32, common.bf16_rows_f32_serial):
+        out = np.empty((1, v.shape[1] + 3), np.float32)
+        kernel(v, out)
+        expected = packing.bf16_bits_to_f32(packing.f32_to_bf16_bits(v[0]))
+        np.testing.assert_array_equal(out[0, : v.shape[1]].view(np.uint32), expected.view(np.uint32))
+        assert (out[0, v.shape[1] :] == 0).all()
+
+
+@pytest.mark.parametrize("columns", [1, 15, 16, 17, 383, 768, 200015])
+def test_bf16_rounding_native_matches_numpy(columns):
+    """The AVX-512 BF16 tier's input: vcvtneps2bf16, 16 at a time with a masked tail, zero padded."""
+    from refimpl.engines.fast.kernels import common
+
+    require_features("avx512bf16")
+    v = np.ascontiguousarray(np.tile(_bf16_rounding_inputs(), (2, 1))[:, -columns:])
+    for kernel in (common.bf16_rows_u16, common.bf16_rows_u16_serial):
+        out = np.full((2, columns + 5), 0x1234, np.uint16)
+        kernel(v, out)
+        np.testing.assert_array_equal(out[:, :columns], packing.f32_to_bf16_bits(v))
+        assert (out[:, columns:] == 0).all()
+    with pytest.raises(ValueError, match="C-contiguous"):
+        common.bf16_rows_u16_serial(np.ones((2, 64), np.float32)[:, ::2], np.empty((2, 32), np.uint16))
 
 
 def test_int8_quantize_numba_matches_numpy():
@@ -194,6 +229,42 @@ def test_products_prepare_their_input_into_the_scratch(mode, tier, parallel, row
         np.testing.assert_array_equal(np.ndarray(array.shape, array.dtype, buffer=scratch, offset=offset), array)
     with pytest.raises(ValueError, match="scratch of 10 bytes cannot hold a prepared input of %d bytes" % nbytes):
         api.linear(x, p, b, tier=tier, scratch=np.empty(10, np.uint8))
+
+
+@pytest.mark.parametrize("tier", ("avx512", "avx2"))
+@pytest.mark.parametrize("parallel", (False, True))
+@pytest.mark.parametrize("rows,n", ((3, 101), (17, 96), (700, 50)))
+@pytest.mark.parametrize("gelu", (False, True))
+def test_a_product_rounding_its_output_for_the_next_gives_the_same_bits(tier, parallel, rows, n, gelu):
+    """linear_to_activations: the product's output rounded by its store as the next bf16 product's
+    input, bit for bit what activations(linear(...)) gives, pad column zeroed over stale bytes (odd n),
+    and the next product's result the same."""
+    require_tier(tier)
+    x, W, b = make_data(rows, n, 70)
+    W2 = make_data(1, 40, n, seed=1)[1]
+    p, p2 = api.pack(W, "bf16"), api.pack(W2, "bf16")
+    y = api.linear(x, p, b, gelu=gelu, tier=tier, parallel=parallel)
+    expected = api.activations(y, p2, tier, parallel=parallel)
+    buffer = np.full(api.activation_bytes(p2, rows, tier), 0xAB, np.uint8)
+    rounded = api.linear_to_activations(x, p, p2, b, gelu, tier, parallel, buffer=buffer)
+    assert rounded.buffer is buffer and rounded[:4] == expected[:4]
+    assert_bit_equal(rounded.arrays[0], expected.arrays[0], "rounded output on %s" % tier)
+    assert_bit_equal(api.linear(y, p2, tier=tier, activations=rounded), api.linear(y, p2, tier=tier), "next product")
+    damaged = api.linear_to_activations(x, p, p2, b * 1.01, gelu, tier, parallel)
+    assert not np.array_equal(damaged.arrays[0], expected.arrays[0])  # the comparison can fail
+
+
+def test_a_product_that_cannot_round_for_the_next_is_refused():
+    x, W, b = make_data(5, 48, 64)
+    bf16, bf16_other_k = api.pack(W, "bf16"), api.pack(make_data(1, 8, 47)[1], "bf16")
+    with pytest.raises(ValueError, match="two bf16 products"):
+        api.linear_to_activations(x, bf16, api.pack(make_data(1, 8, 48)[1], "int8"))
+    with pytest.raises(ValueError, match="two bf16 products"):
+        api.linear_to_activations(x, bf16, bf16_other_k)
+    with pytest.raises(ValueError, match="two bf16 products"):
+        api.linear_to_activations(x, bf16, api.pack(make_data(1, 8, 48)[1], "bf16"), tier="blas")
+    with pytest.raises(ValueError, match="buffer of 10 bytes"):
+        api.linear_to_activations(x, bf16, api.pack(make_data(1, 8, 48)[1], "bf16"), buffer=np.empty(10, np.uint8))
 
 
 @pytest.mark.parametrize("mode", ("int8", "bf16"))

@@ -75,17 +75,19 @@ def matmul_t(x, weight, out=None):
     return np.matmul(x, weight.T, out=out)  # [N, in] -> [N, out]
 
 
-def linear(x, w, packed=None, with_bias=True, gelu=False, out=None, scratch=None):
+def linear(x, w, packed=None, with_bias=True, gelu=False, out=None, scratch=None, activations=None):
     """nn.Linear (x W^T [+ b]) and, for the FFN's first product, GELU: [N, in] -> [N, out].
 
     With the weight packed for refimpl's kernels (``packed``, a ``kernels.matmul.PackedLinear``) the
     bias and GELU are fused into the kernel's store; with BLAS they are one more pass. Without
     ``with_bias`` the kernel that follows adds the bias. ``out``: the [N, out] array to write
     (else a new one); ``scratch``: the pass's buffers, whose "prepared" bytes the kernel quantises or
-    rounds x into (no fresh pages)."""
+    rounds x into (no fresh pages); ``activations``: x already prepared for the packed kernel
+    (``matmul.linear_to_activations``), whose values are then not read, only its shape."""
     if packed is not None:
         bias = w["bias"] if with_bias else None
-        return matmul.linear(x, packed, bias, gelu=gelu, out=out, scratch=scratch.get("prepared") if scratch else None)
+        prepared = scratch.get("prepared") if scratch else None
+        return matmul.linear(x, packed, bias, gelu=gelu, out=out, scratch=prepared, activations=activations)
     y = matmul_t(x, w["weight"], out)
     if gelu:
         norms.bias_gelu(y, w["bias"])
@@ -191,11 +193,14 @@ def attention(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False,
     return result, kept
 
 
-def dense_residual_layer_norm(h, residual, w, config: EncoderConfig, packed=None, scratch=None, out=None):
+def dense_residual_layer_norm(
+    h, residual, w, config: EncoderConfig, packed=None, scratch=None, out=None, activations=None
+):
     """LayerNorm(h W^T + b + residual): RobertaSelfOutput / RobertaOutput, LayerNorm fused with bias and
-    residual, written to ``out`` (may be ``residual``) or a new array."""
+    residual, written to ``out`` (may be ``residual``) or a new array; ``activations``: h already
+    prepared for the packed product (then only h's shape is read)."""
     scratch = scratch or {}
-    y = linear(h, w["dense"], packed, with_bias=False, out=scratch.get("y"), scratch=scratch)  # [N, in] -> [N, H]
+    y = linear(h, w["dense"], packed, False, out=scratch.get("y"), scratch=scratch, activations=activations)
     out = np.empty_like(residual) if out is None else out
     norms.bias_residual_layer_norm(
         y,
@@ -210,14 +215,34 @@ def dense_residual_layer_norm(h, residual, w, config: EncoderConfig, packed=None
     return out
 
 
+# bf16: the FFN's first product rounds its output for the second (ffn); False runs the two as any
+# other pair of products (tests/test_compute_modes.py checks both give the same bits)
+ROUNDED_FFN = True
+
+
 def ffn(x, w, config: EncoderConfig, packed=None, scratch=None, out=None):
-    """RobertaIntermediate + RobertaOutput: dense with bias and GELU, dense + residual + LayerNorm."""
+    """RobertaIntermediate + RobertaOutput: dense with bias and GELU, dense + residual + LayerNorm.
+
+    In bf16 the first product stores its output already rounded as the second's input, on h's bytes
+    (``matmul.linear_to_activations``): the same bits as rounding a float32 h, in half the bytes
+    written and without reading h back (``ROUNDED_FFN``)."""
     packed = packed or {}
     scratch = scratch or {}
-    first = packed.get("intermediate.dense")
-    h = linear(x, w["intermediate"]["dense"], first, gelu=True, out=scratch.get("h"), scratch=scratch)  # -> [N, I]
+    first, second = packed.get("intermediate.dense"), packed.get("output.dense")
+    h = scratch.get("h")
+    if h is None:
+        h = np.empty((x.shape[0], config.intermediate_size), x.dtype)
+    rounded = None
+    if ROUNDED_FFN and first is not None and second is not None and matmul.rounds_for(first, second):
+        buffer = h.reshape(-1).view(np.uint8)
+        if matmul.activation_bytes(second, x.shape[0]) <= buffer.size:
+            prepared = scratch.get("prepared")
+            bias = w["intermediate"]["dense"]["bias"]
+            rounded = matmul.linear_to_activations(x, first, second, bias, True, scratch=prepared, buffer=buffer)
+    if rounded is None:
+        h = linear(x, w["intermediate"]["dense"], first, gelu=True, out=h, scratch=scratch)  # [N, H] -> [N, I]
     return dense_residual_layer_norm(
-        h, x, w["output"], config, packed.get("output.dense"), scratch, out
+        h, x, w["output"], config, second, scratch, out, activations=rounded
     )  # [N, I] -> [N, H]
 
 

@@ -131,9 +131,9 @@ def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb):
 
 
 @njit(inline="always", cache=True)
-def _item_bf16(it, xa, bb, bias, gelu, out, mb):
+def _item_bf16(it, xa, bb, bias, gelu, out, mb, rounded):
     M, Kp2 = xa.shape
-    N = out.shape[1]
+    N = bias.shape[0]  # out may be wider: the next product's padded input (rounded)
     NP = bb.shape[0]
     KH = bb.shape[1]
     blk = it // NP
@@ -165,7 +165,7 @@ def _item_bf16(it, xa, bb, bias, gelu, out, mb):
             )
     for t in range(nt):
         off, mr = C.tile_rows(rows, nt, t)
-        C.epi_f32(T[t * MR * NR : (t + 1) * MR * NR], NR, mr, nc, out, r0 + off, j0, bias, gelu)
+        C.epi_bf16(T[t * MR * NR : (t + 1) * MR * NR], NR, mr, nc, out, r0 + off, j0, bias, gelu, rounded)
 
 
 @njit(inline="always", cache=True)
@@ -207,14 +207,30 @@ def gemm_bf16(x, buf, prepare, bb, bias, gelu, out, mb):
     """x [M,K] float32, rounded to bf16 bits into ``buf`` first when ``prepare``; bb [NP,Kp2/2,48,2] uint16."""
     xa = C.bf16_input(x, buf, prepare, bb.shape[1] * 2, _BF16_INPUT)
     for it in prange(_n_items(x.shape[0], bb.shape[0], mb)):
-        _item_bf16(it, xa, bb, bias, gelu, out, mb)
+        _item_bf16(it, xa, bb, bias, gelu, out, mb, False)
 
 
 @njit(cache=True)
 def gemm_bf16_serial(x, buf, prepare, bb, bias, gelu, out, mb):
     xa = C.bf16_input(x, buf, prepare, bb.shape[1] * 2, _BF16_INPUT)
     for it in range(_n_items(x.shape[0], bb.shape[0], mb)):
-        _item_bf16(it, xa, bb, bias, gelu, out, mb)
+        _item_bf16(it, xa, bb, bias, gelu, out, mb, False)
+
+
+@njit(parallel=True, cache=True)
+def gemm_bf16_rounded(x, buf, prepare, bb, bias, gelu, out, mb):
+    """gemm_bf16 whose store rounds its results as the next bf16 product's input (common.epi_bf16):
+    out is [M, kp2] of this tier's prepared input (uint16 bits), kp2 >= N."""
+    xa = C.bf16_input(x, buf, prepare, bb.shape[1] * 2, _BF16_INPUT)
+    for it in prange(_n_items(x.shape[0], bb.shape[0], mb)):
+        _item_bf16(it, xa, bb, bias, gelu, out, mb, True)
+
+
+@njit(cache=True)
+def gemm_bf16_rounded_serial(x, buf, prepare, bb, bias, gelu, out, mb):
+    xa = C.bf16_input(x, buf, prepare, bb.shape[1] * 2, _BF16_INPUT)
+    for it in range(_n_items(x.shape[0], bb.shape[0], mb)):
+        _item_bf16(it, xa, bb, bias, gelu, out, mb, True)
 
 
 # ------------------------------------------------------------ entry points
@@ -223,3 +239,4 @@ def gemm_bf16_serial(x, buf, prepare, bb, bias, gelu, out, mb):
 _glue = C.TierGlue(sys.modules[__name__], _INT8_INPUT.dtype, 128, BF16_AS_FLOAT32, {"f32": MR, "int8": MR, "bf16": MR})
 prepare_int8, prepare_bf16 = _glue.prepare_int8, _glue.prepare_bf16
 linear_f32, linear_int8, linear_bf16 = _glue.linear_f32, _glue.linear_int8, _glue.linear_bf16
+linear_bf16_rounded = _glue.linear_bf16_rounded

@@ -10,7 +10,14 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from refimpl.engines.fast.kernels.intrinsics import PREFETCH_FLAG
+from refimpl.engines.fast.kernels.intrinsics import (
+    PREFETCH_FLAG,
+    vbf16_bits,
+    vload,
+    vload_masked,
+    vstore,
+    vstore_masked,
+)
 from refimpl.engines.fast.kernels.mathf import gelu_f32
 
 NRP = 48  # packed panel width (columns) shared by all tiers
@@ -85,26 +92,46 @@ def quantize_rows(x, q, sx, offset):
 # ------------------------------------------------------------------ bf16
 @njit(inline="always", cache=True)
 def f32_to_bf16_bits(v):
-    """float32 -> bf16 bits (uint16 in a uint32): round-to-nearest-even,
-    NaN -> quiet NaN, bf16 denormals flushed to signed zero (vdpbf16ps treats
-    them as zero anyway)."""
+    """float32 -> bf16 bits (uint16 in a uint32), AVX512-BF16's ``vcvtneps2bf16`` rule (Intel's
+    pseudo-code): round to nearest even, NaN -> quiet NaN, a float32 zero or denormal -> signed zero
+    (so no bf16 result is denormal: vdpbf16ps would treat it as zero anyway)."""
     u = np.float32(v).view(np.uint32)
     if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
         return (u >> np.uint32(16)) | np.uint32(0x40)
-    r = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
-    if (r & np.uint32(0x7F80)) == np.uint32(0):
-        r = r & np.uint32(0x8000)
-    return r
+    if (u & np.uint32(0x7F800000)) == np.uint32(0):
+        return (u >> np.uint32(16)) & np.uint32(0x8000)
+    return (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+
+
+@njit(inline="always", cache=True)
+def bf16_bits_into(src, s_off, dst, d_off, n):
+    """dst.flat[d_off:d_off+n] = the bf16 bits of src.flat[s_off:s_off+n] by ``vcvtneps2bf16``
+    (f32_to_bf16_bits' rule), 16 at a time and a masked tail: AVX512-BF16 hosts only; flat offsets
+    into C-contiguous arrays."""
+    k = 0
+    while k + 16 <= n:
+        vstore(dst, d_off + k, vbf16_bits(vload(src, s_off + k, 16)))
+        k += 16
+    if k < n:
+        vstore_masked(dst, d_off + k, vbf16_bits(vload_masked(src, s_off + k, 16, n - k)), n - k)
 
 
 @njit(inline="always", cache=True)
 def bf16_row_bits(x, i, out):
-    row = out[i]
+    """out[i] = the bf16 bits of x[i], zero padded: the input of the AVX-512 BF16 tier, which alone
+    reads bits (AVX512-BF16 hosts only). x and out must be C-contiguous (``check_rows``)."""
     K = x.shape[1]
-    for k in range(K):
-        row[k] = np.uint16(f32_to_bf16_bits(x[i, k]))
-    for k in range(K, row.size):
-        row[k] = np.uint16(0)
+    kp2 = out.shape[1]
+    bf16_bits_into(x, i * K, out, i * kp2, K)
+    for k in range(K, kp2):
+        out[i, k] = np.uint16(0)
+
+
+@njit(inline="always", cache=True)
+def check_rows(x, out):
+    """The row kernels address x and out by flat offsets: refuse arrays that are not C-contiguous."""
+    if not (x.flags.c_contiguous and out.flags.c_contiguous):
+        raise ValueError("the rows to round to bf16 and their output must be C-contiguous")
 
 
 @njit(inline="always", cache=True)
@@ -119,6 +146,7 @@ def bf16_row_values(x, i, out):
 
 @njit(inline="always", cache=True)
 def bf16_rows_bits_in_turn(x, xa):
+    check_rows(x, xa)
     for i in range(x.shape[0]):
         bf16_row_bits(x, i, xa)
 
@@ -154,7 +182,8 @@ def bf16_input(x, buf, prepare, kp2, like):
 
 @njit(parallel=True, cache=True)
 def bf16_rows_u16(x, out):
-    """out[M, Kp2] uint16 = bf16(x), zero padded (for vdpbf16ps)."""
+    """out[M, Kp2] uint16 = bf16(x), zero padded (for vdpbf16ps; AVX512-BF16 hosts only)."""
+    check_rows(x, out)
     for i in prange(x.shape[0]):
         bf16_row_bits(x, i, out)
 
@@ -321,12 +350,20 @@ class TierGlue:
             x, buf, prepare, w, packed["scale"], packed["colsum"], bias, gelu, out, self._rows_per_item("int8", out)
         )
 
-    def linear_bf16(self, x, packed, bias, gelu, out, parallel=True, prepared=None, scratch=None):
+    def linear_bf16(self, x, packed, bias, gelu, out, parallel=True, prepared=None, scratch=None, rounded=False):
+        """``rounded``: out is the next bf16 product's input ([M, kp2] of this tier's prepared dtype,
+        from ``bf16_view``), which the store fills with its results rounded (pad columns zeroed)."""
         w = packed["w"]
         kp2 = w.shape[1] * 2
         nbytes = bf16_activation_bytes(x.shape[0], kp2, self.bf16_as_float32)
         buf, prepare = self._input(x, prepared, scratch, nbytes, self.prepare_bf16, kp2, parallel)
-        self._driver("bf16", parallel)(x, buf, prepare, w, bias, gelu, out, self._rows_per_item("bf16", out))
+        driver = self._driver("bf16_rounded" if rounded else "bf16", parallel)
+        driver(x, buf, prepare, w, bias, gelu, out, self._rows_per_item("bf16", out))
+        if rounded and out.shape[1] > bias.shape[0]:
+            out[:, bias.shape[0] :] = 0
+
+    def linear_bf16_rounded(self, x, packed, bias, gelu, out, parallel=True, prepared=None, scratch=None):
+        self.linear_bf16(x, packed, bias, gelu, out, parallel, prepared, scratch, rounded=True)
 
 
 # ------------------------------------------------------------- epilogues
@@ -343,6 +380,64 @@ def epi_f32(T, nr, mr, nc, out, i0, j0, bias, gelu):
         else:
             for j in range(nc):
                 o[j] = t[j] + b[j]
+
+
+@njit(inline="always", cache=True)
+def _bias_gelu_in_place(t, b, nc, gelu):
+    if gelu:
+        for j in range(nc):
+            t[j] = gelu_f32(t[j] + b[j])
+    else:
+        for j in range(nc):
+            t[j] = t[j] + b[j]
+
+
+@njit(inline="always", cache=True)
+def epi_bf16_bits(T, nr, mr, nc, out, i0, j0, bias, gelu):
+    """out[i0+r, j0:j0+nc] = the bf16 bits of epi_f32's values (bias, then GELU, in float32 in T):
+    the product's output rounded as the next product's input on the AVX-512 BF16 tier, the bits
+    ``bf16_row_bits`` would give from epi_f32's output."""
+    b = bias[j0 : j0 + nc]
+    ldo = out.shape[1]
+    for r in range(mr):
+        _bias_gelu_in_place(T[r * nr : r * nr + nc], b, nc, gelu)
+        bf16_bits_into(T, r * nr, out, (i0 + r) * ldo + j0, nc)
+
+
+@njit(inline="always", cache=True)
+def epi_bf16_values(T, nr, mr, nc, out, i0, j0, bias, gelu):
+    """out[i0+r, j0:j0+nc] = float32(bf16(epi_f32's values)): the same for the AVX2 tier's emulation,
+    which reads float32 values of bf16 numbers (``bf16_row_values``)."""
+    b = bias[j0 : j0 + nc]
+    for r in range(mr):
+        t = T[r * nr : r * nr + nc]
+        _bias_gelu_in_place(t, b, nc, gelu)
+        o = out[i0 + r, j0 : j0 + nc]
+        for j in range(nc):
+            o[j] = np.uint32(f32_to_bf16_bits(t[j]) << np.uint32(16)).view(np.float32)
+
+
+def epi_bf16(T, nr, mr, nc, out, i0, j0, bias, gelu, rounded):
+    """A bf16 product's store: epi_f32 into float32 ``out``, or with ``rounded`` its values rounded to
+    bf16 as the next product's input (uint16 bits: epi_bf16_bits; float32 values: epi_bf16_values).
+    A numba function only (the overload below picks by out's dtype at compile time)."""
+    raise NotImplementedError("epi_bf16 runs inside numba kernels only")
+
+
+@overload(epi_bf16, inline="always")
+def _epi_bf16_by_dtype(T, nr, mr, nc, out, i0, j0, bias, gelu, rounded):
+    if out.dtype == types.uint16:
+        return lambda T, nr, mr, nc, out, i0, j0, bias, gelu, rounded: epi_bf16_bits(
+            T, nr, mr, nc, out, i0, j0, bias, gelu
+        )
+
+    def store(T, nr, mr, nc, out, i0, j0, bias, gelu, rounded):
+        if rounded:
+            epi_bf16_values(T, nr, mr, nc, out, i0, j0, bias, gelu)
+        else:
+            epi_f32(T, nr, mr, nc, out, i0, j0, bias, gelu)
+
+    return store
 
 
 @njit(inline="always", cache=True)

@@ -203,6 +203,14 @@ def dpbf16ps512(builder, acc, a, b):
     )
 
 
+def cvtneps2bf16_512(builder, v):
+    """AVX512-BF16 ``vcvtneps2bf16``: <16 x float> -> <16 x i16> bf16 bits, round to nearest even,
+    NaN -> quiet NaN, denormal inputs and outputs -> signed zero, whatever MXCSR says
+    (common.f32_to_bf16_bits is the same rule in plain integers)."""
+    out = call_intrinsic(builder, "llvm.x86.avx512bf16.cvtneps2bf16.512", vec(BF16, 16), [v])
+    return builder.bitcast(out, vec(I16, 16))
+
+
 def prefetch(builder, ptr, locality=3):
     """``llvm.prefetch`` (read) of the cache line holding ``ptr``."""
     call_intrinsic(
@@ -650,5 +658,18 @@ def vget(typingctx, v, i):
 
     def codegen(context, builder, sig, args):
         return builder.extract_element(args[0], args[1])
+
+    return sig, codegen
+
+
+@intrinsic
+def vbf16_bits(typingctx, v):
+    """bf16 bits (Vec(uint16 x 16)) of a Vec(float32 x 16), by ``vcvtneps2bf16``: AVX512-BF16 hosts only."""
+    if not (isinstance(v, Vec) and v.dtype == types.float32 and v.count == 16):
+        return None
+    sig = Vec(types.uint16, 16)(v)
+
+    def codegen(context, builder, sig, args):
+        return cvtneps2bf16_512(builder, args[0])
 
     return sig, codegen

@@ -7,6 +7,8 @@
                                             # activation_bytes(p, M) bytes kept between calls
     a = api.activations(x, p)               # or once, for several products of the same input
     y = api.linear(x, p, activations=a)
+    a = api.linear_to_activations(x, p, p2, bias, gelu=True)   # bf16: the output rounded as
+    y = api.linear(x_shape_only, p2, activations=a)             # p2's input by the store itself
 
 ``PackedLinear.to_dict()`` / ``PackedLinear.from_dict(d)`` convert to and from
 a flat ``{name: np.ndarray}`` dict (safetensors / .npy friendly; arrays may be
@@ -209,13 +211,15 @@ def activations(x, packed, tier=None, parallel=None, scratch=None):
 def linear(x, packed, bias=None, gelu=False, out=None, tier=None, parallel=None, activations=None, scratch=None):
     """y = x @ W.T + bias, optionally exact GELU -> [M, out] float32.
 
-    x        : [M, in] float32 (copied if not C-contiguous float32)
+    x        : [M, in] float32 (copied if not C-contiguous float32); with ``activations`` only its
+               shape is read
     bias     : [out] float32 or None
     out      : optional preallocated [M, out] float32 C-contiguous array
     tier     : force 'avx512' | 'avx2' | 'blas' (default: $REFIMPL_KERNELS or best)
     parallel : None = auto (serial below SERIAL_FLOPS), True/False to force.
                The result bits never depend on it.
-    activations : x already prepared by ``activations(x, packed-of-the-same-mode-and-in)`` (or None)
+    activations : x already prepared by ``activations(x, packed-of-the-same-mode-and-in)`` or by
+               ``linear_to_activations`` (or None)
     scratch  : a 1-D uint8 array of at least ``activation_bytes(packed, M)`` for the kernel to
                quantise or round x into (else a new one); not needed with ``activations``. It is
                overwritten: activations() prepared on the same scratch are gone after the call, and
@@ -227,33 +231,95 @@ def linear(x, packed, bias=None, gelu=False, out=None, tier=None, parallel=None,
         out = np.empty((M, packed.n), np.float32)
     elif out.shape != (M, packed.n) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError("out must be C-contiguous float32 [%d, %d]" % (M, packed.n))
-    if bias is None:
-        bias = packed.zero_bias()
-    elif not (
-        type(bias) is np.ndarray and bias.dtype == np.float32 and bias.shape == (packed.n,) and bias.flags.c_contiguous
-    ):
-        bias = np.ascontiguousarray(bias, dtype=np.float32)
-        if bias.shape != (packed.n,):
-            raise ValueError("bias must be [%d]" % packed.n)
+    bias = _bias(bias, packed)
     if M == 0:
         return out
-    if parallel is None:
-        parallel = _parallel_by_size(M, packed)
+    choice, _, kernel = _kernel(packed.mode, tier)
+    kernel(
+        x,
+        packed.arrays,
+        bias,
+        bool(gelu),
+        out,
+        _parallel(parallel, M, packed),
+        _prepared(activations, packed, choice, M),
+        scratch,
+    )
+    return out
+
+
+def rounds_for(packed, next_packed, tier=None):
+    """Whether ``linear_to_activations(x, packed, next_packed)`` runs on the tier: two bf16 products,
+    the second's in_features the first's out_features, on a tier whose kernels read prepared inputs
+    (not BLAS)."""
+    if packed.mode != "bf16" or next_packed.mode != "bf16" or next_packed.k != packed.n:
+        return False
+    return _prepares(kernel_for("bf16", tier)[0], packed)
+
+
+def linear_to_activations(x, packed, next_packed, bias=None, gelu=False, tier=None, parallel=None, activations=None,
+                          scratch=None, buffer=None):  # fmt: skip
+    """``activations(linear(x, packed, bias, gelu), next_packed)``, bit for bit, without the float32
+    output: the product rounds its results to bf16 as it stores them, in the layout the next
+    product reads, so they are written in half the bytes (AVX-512: bf16 bits) and not read back to be
+    rounded. bf16 only (``rounds_for``): int8's per-row scale needs each whole row first.
+
+    ``buffer``: a 1-D uint8 array of at least ``activation_bytes(next_packed, M)`` bytes for the result
+    (else a new one), not ``scratch`` (where x itself is rounded); the other arguments as ``linear``'s.
+    Pass the result to ``linear(y_shape, next_packed, activations=)``."""
+    if not rounds_for(packed, next_packed, tier):
+        raise ValueError(
+            "linear_to_activations needs two bf16 products on a prepared-input tier, %r then %r; got %s then %s "
+            "on %s" % (packed, next_packed, packed.mode, next_packed.mode, kernel_for(packed.mode, tier)[0].tier)
+        )
+    x = _float32_rows(x, packed.k)
+    M = x.shape[0]
+    bias = _bias(bias, packed)
+    choice, mod, _ = _kernel("bf16", tier)
+    kp2 = next_packed.arrays["w"].shape[1] * 2
+    buf = common.input_buffer(buffer, common.bf16_activation_bytes(M, kp2, mod.BF16_AS_FLOAT32), "buffer")
+    xa = common.carve(buf, 0, (M, kp2), np.float32 if mod.BF16_AS_FLOAT32 else np.uint16)
+    if M:
+        prepared = _prepared(activations, packed, choice, M)
+        mod.linear_bf16_rounded(
+            x, packed.arrays, bias, bool(gelu), xa, _parallel(parallel, M, packed), prepared, scratch
+        )
+    return Activations("bf16", choice.tier, M, next_packed.k, (xa,), buf)
+
+
+def _bias(bias, packed):
+    """The bias as the kernels read it: [out] float32 C-contiguous (zeros for None)."""
+    if bias is None:
+        return packed.zero_bias()
+    if type(bias) is np.ndarray and bias.dtype == np.float32 and bias.shape == (packed.n,) and bias.flags.c_contiguous:
+        return bias
+    bias = np.ascontiguousarray(bias, dtype=np.float32)
+    if bias.shape != (packed.n,):
+        raise ValueError("bias must be [%d]" % packed.n)
+    return bias
+
+
+def _parallel(parallel, rows, packed):
     if not threads.configured:
         threads.ensure_configured()
-    choice, _, kernel = _kernel(packed.mode, tier)
-    prepared = None
-    if activations is not None:
-        if (activations.mode, activations.tier, activations.rows, activations.k) != (
-            packed.mode, choice.tier, M, packed.k,
-        ):  # fmt: skip
-            raise ValueError(
-                "activations prepared for %s on %s, [%d, %d], used for %s on %s, [%d, %d]"
-                % (*activations[:4], packed.mode, choice.tier, M, packed.k)
-            )
-        prepared = activations.buffer
-    kernel(x, packed.arrays, bias, bool(gelu), out, bool(parallel), prepared, scratch)
-    return out
+    return bool(_parallel_by_size(rows, packed) if parallel is None else parallel)
+
+
+def _prepared(activations, packed, choice, rows):
+    """The buffer of ``activations`` (None when not given), checked to be for this product's input."""
+    if activations is None:
+        return None
+    if (activations.mode, activations.tier, activations.rows, activations.k) != (
+        packed.mode,
+        choice.tier,
+        rows,
+        packed.k,
+    ):
+        raise ValueError(
+            "activations prepared for %s on %s, [%d, %d], used for %s on %s, [%d, %d]"
+            % (*activations[:4], packed.mode, choice.tier, rows, packed.k)
+        )
+    return activations.buffer
 
 
 def describe(tier=None):

@@ -8,7 +8,7 @@ W is [N=out, K=in] float32 (torch nn.Linear layout), NP = ceil(N/48).
 * int8: w [NP, ceil(K/4), 48, 4] int8 (4 consecutive k per column),
         scale [NP*48] float32 (= max|W[j,:]|/127, 0 for padding/zero rows),
         colsum [NP*48] int32 (sum_k w[j,k], for the VNNI u8 = a+128 trick).
-* bf16: w [NP, ceil(K/2), 48, 2] uint16 bf16 bits (RNE, denormals flushed).
+* bf16: w [NP, ceil(K/2), 48, 2] uint16 bf16 bits (RNE, float32 denormals -> 0).
 """
 
 import numpy as np
@@ -63,14 +63,13 @@ def pack_int8(W):
 
 
 def f32_to_bf16_bits(x):
-    """float32 -> uint16 bf16 bits: RNE, quiet NaN, bf16 denormals -> signed 0.
-    (Same integer arithmetic as common.f32_to_bf16_bits.)"""
+    """float32 -> uint16 bf16 bits by vcvtneps2bf16's rule: RNE, quiet NaN, float32 zeros and
+    denormals -> signed 0. (Same integer arithmetic as common.f32_to_bf16_bits.)"""
     u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
     r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
     nan = (u & 0x7FFFFFFF) > 0x7F800000
     r = np.where(nan, (u >> 16) | 0x40, r)
-    den = (r & 0x7F80) == 0
-    r = np.where(den & ~nan, r & 0x8000, r)
+    r = np.where((u & 0x7F800000) == 0, (u >> 16) & 0x8000, r)
     return r.astype(np.uint16)
 
 
