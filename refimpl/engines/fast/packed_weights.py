@@ -46,7 +46,9 @@ MODES = {"float32": "f32", "int8": "int8", "bfloat16": "bf16"}  # refimpl's name
 QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
 # the packed products: the first is QKV's three weights stacked (rows: query's, key's, value's)
 PACKED = ("attention.self.qkv", "attention.output.dense", "intermediate.dense", "output.dense")
-LAYOUT = 2  # of the cache file: 1 packed the six linear layers one by one, 2 stacks QKV
+# of the cache file: 1 packed the six linear layers one by one, 2 stacks QKV, 3 rounds bf16 weights by
+# vcvtneps2bf16's rule (a float32 denormal to zero, where 2 could round one up to the smallest normal)
+LAYOUT = 3
 
 
 def cache_folder() -> Path:
@@ -176,7 +178,7 @@ def _format_of(name: str, prefix: str):
 
 
 def _remove_older_formats(path: Path):
-    """Delete this weights file's caches in the mode of an older format or layout (v1 beside v1.2):
+    """Delete this weights file's caches in the mode of an older format or layout (v1 beside v1.3):
     nothing reads them again, and each is as large as the packed weights. Newer ones are kept (another
     refimpl sharing the folder reads them); a process still mapping one keeps its pages."""
     prefix = path.name.split("-v", 1)[0]  # fingerprint-mode
