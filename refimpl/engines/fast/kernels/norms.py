@@ -22,7 +22,7 @@ and an AVX-512 machine, and even between LLVM versions. Here ``fastmath={'contra
 
 Semantics kept from kernels.py: eps and 1/n are passed as scalars of the array's dtype (the
 caller casts); float32 stays float32 (float64 works too); ``out`` may be ``residual`` itself;
-``y`` is used as scratch; embeddings raise IndexError for an id outside its table (checked
+``y`` is only read (kernels.py used it as scratch); embeddings raise IndexError for an id outside its table (checked
 before any row is written); GELU is transformers' exact erf form (mathf.gelu: gelu_f32 for
 float32, libm for float64). Differences: the LayerNorm sums are in the fixed order above; GELU
 uses mathf's ~1-ulp erf instead of kernels.py's rational erf (3.7e-7 absolute); LayerNorm centres
@@ -72,11 +72,13 @@ def _layer_norm_row(x, off, n, gamma, beta, eps, inv_n, out, out_off):
 
 @njit(inline="always", **_opts)
 def _bias_residual_row(i, y, bias, residual, gamma, beta, eps, inv_n, out):
+    """The sum is formed in out's row, not y's: y is only read, so its lines (the product's output,
+    just written) are not dirtied again and written back (residual is out in a pass)."""
     n = y.shape[1]
     off = i * n
     for j in range(n):
-        st(y, off + j, (ld(y, off + j) + bias[j]) + ld(residual, off + j))
-    _layer_norm_row(y, off, n, gamma, beta, eps, inv_n, out, off)
+        st(out, off + j, (ld(y, off + j) + bias[j]) + ld(residual, off + j))
+    _layer_norm_row(out, off, n, gamma, beta, eps, inv_n, out, off)
 
 
 @njit(**_opts)
@@ -182,7 +184,7 @@ def _contiguous(*arrays):
 
 def bias_residual_layer_norm(y, bias, residual, gamma, beta, eps, inv_n, out):
     """out = LayerNorm(y + bias + residual) (kernels.bias_residual_layer_norm); y: [N, H] C-contiguous,
-    scratch; residual, out: [N, H] C-contiguous (out may be residual)."""
+    read only; residual, out: [N, H] C-contiguous (out may be residual)."""
     _contiguous(y, residual, out)
     kernel = bias_residual_layer_norm_parallel if _parallel(y.size) else bias_residual_layer_norm_serial
     kernel(y, bias, residual, gamma, beta, eps, inv_n, out)
