@@ -326,3 +326,28 @@ def test_a_forward_pass_reads_the_environment_once(monkeypatch):
     monkeypatch.setenv("GOMP_SPINCOUNT", "1000")
     with policy.forward_pass(on_blas=True):
         assert not policy.use_parallel(1e9, 1.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_key_transpose_against_numpy(dtype):
+    """tiles.transpose8, the 8 x 8 blocks of K_h^T: rows past ``rows`` are zeros and not read (the
+    block may end at the array's end), every other element lands transposed; a wrong network fails."""
+    from refimpl.engines.fast.kernels.tiles import transpose8
+
+    @numba.njit
+    def run(a, a_off, lda, rows, out, d_off, ldd):
+        transpose8(a, a_off, lda, rows, out, d_off, ldd)
+
+    a = np.random.default_rng(0).standard_normal(7 + 7 * 30 + 8).astype(dtype)  # row 7 ends at the end
+    for rows in range(10):
+        out = np.full(8 * 16 + 3, np.nan, dtype)
+        run(a, 7, 30, rows, out, 3, 16)
+        block = np.zeros((8, 8), dtype)
+        for r in range(min(rows, 8)):
+            block[r] = a[7 + r * 30 : 7 + r * 30 + 8]
+        written = np.stack([out[3 + c * 16 : 3 + c * 16 + 8] for c in range(8)])
+        assert np.array_equal(written, block.T), f"rows {rows}"
+        assert not np.array_equal(written, block) or rows == 0  # a plain copy would not pass
+    out = np.zeros(64, dtype)
+    run(a[-8:].copy(), 0, 10**9, 1, out, 0, 8)  # rows 1-7 would lie far outside: never touched
+    assert np.array_equal(out.reshape(8, 8)[:, 0], a[-8:]) and not out.reshape(8, 8)[:, 1:].any()

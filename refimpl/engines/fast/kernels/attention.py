@@ -5,7 +5,8 @@
 ``q, k, v, out`` are [N, H] C-contiguous rows of B sequences packed without padding
 (``cu_seqlens`` [B+1] int64); H = num_heads * d. One work item is a (sequence, head) pair:
 
-1. pack K_h^T into a [d, Lp] scratch (Lp = L rounded up to 8, zero-padded) and V_h into [L, dp];
+1. pack K_h^T into a [d, Lp] scratch (Lp = L rounded up to 8, zero-padded; 8 x 8 blocks transposed
+   in registers, ``tiles.transpose8``, when d is a multiple of 8) and V_h into [L, dp];
 2. for each block of R query rows (R = 8, then 4 for the last rows, on AVX-512 hosts; 3 on AVX2):
    scores = (Q_h rows . K_h^T) * scale by register-blocked vector tiles (``tiles.tile``) over
    key blocks of 32/24/16/8; row max (fixed order), e = exp(score - max) (``mathf.exp``:
@@ -37,7 +38,7 @@ from numba import njit, prange
 from refimpl.engines.fast.kernels import mathf, policy
 from refimpl.engines.fast.kernels.lanes import atomic_add, ld, st
 from refimpl.engines.fast.kernels.target import HOST_AVX512
-from refimpl.engines.fast.kernels.tiles import max16, sum16, tile
+from refimpl.engines.fast.kernels.tiles import max16, sum16, tile, transpose8
 
 _opts = dict(cache=True, error_model="numpy", fastmath={"contract"}, nogil=True)
 # the helpers are inlined at numba IR level: numba would otherwise compile each one as its own
@@ -127,12 +128,17 @@ def _pair(q, k, v, ldi, qo, ko, vo, out, H, start, L, col, d, scale, kt, vp, s, 
     dp = (d + 7) // 8 * 8
     zero = scale * 0
     one = zero + scale / scale
-    for c in range(d):  # K_h^T, zero-padded to Lp columns
-        base = c * Lp
-        for j in range(L):
-            st(kt, base + j, ld(k, (start + j) * ldi + ko + col + c))
-        for j in range(L, Lp):
-            st(kt, base + j, zero)
+    if d % 8 == 0:  # K_h^T, zero-padded to Lp columns, by 8 x 8 blocks in registers
+        for jb in range(0, Lp, 8):
+            for cb in range(0, d, 8):
+                transpose8(k, (start + jb) * ldi + ko + col + cb, ldi, L - jb, kt, cb * Lp + jb, Lp)
+    else:  # one element at a time (a strided load each: 4x slower for d 64)
+        for c in range(d):
+            base = c * Lp
+            for j in range(L):
+                st(kt, base + j, ld(k, (start + j) * ldi + ko + col + c))
+            for j in range(L, Lp):
+                st(kt, base + j, zero)
     if d == dp and L <= PACK_V_ABOVE:  # V_h read in place: rows of d contiguous values, ldi apart
         vsrc, v0, ldv = v, start * ldi + vo + col, ldi
     else:  # V_h copied into contiguous rows, zero-padded to dp columns

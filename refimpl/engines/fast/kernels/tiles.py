@@ -342,3 +342,65 @@ def _reduction(kind):
 sum16 = _reduction("sum")
 max16 = _reduction("max")
 sumsq16 = _reduction("sumsq")  # sum of x^2, each lane a chain of fma(x, x, acc)
+
+
+def _emit_transpose8(context, builder, signature, args):
+    """Emit D[d_off + c*ldd + r] = A[a_off + r*lda + c] for r, c < 8, rows r >= ``rows`` as zeros
+    (their memory not read: masked loads): 8 loads, a 3-stage shuffle network, 8 stores."""
+    A_, a_off_, lda_, rows_, D_, d_off_, ldd_ = args
+    sa = signature.args
+    i64, i32 = ir.IntType(64), ir.IntType(32)
+    fty = context.get_data_type(sa[0].dtype)
+    vty = ir.VectorType(fty, 8)
+    pa = _data_ptr(context, builder, sa[0], A_)
+    pd = _data_ptr(context, builder, sa[4], D_)
+    a_off, lda, rows, d_off, ldd = (
+        context.cast(builder, v, t, types.int64) for v, t in zip((a_off_, lda_, rows_, d_off_, ldd_), sa[1:4] + sa[5:7])
+    )
+    mty = ir.VectorType(ir.IntType(1), 8)
+    fnty = ir.FunctionType(vty, [vty.as_pointer(), i32, mty, vty])
+    name = "llvm.masked.load.v8%s.p0" % ("f32" if isinstance(fty, ir.FloatType) else "f64")
+    masked_load = cgutils.get_or_insert_function(builder.module, fnty, name)
+    align = ir.Constant(i32, 4 if isinstance(fty, ir.FloatType) else 8)
+    v = []
+    for r in range(8):
+        valid = builder.icmp_signed(">", rows, ir.Constant(i64, r))
+        mask = builder.insert_element(ir.Constant(mty, ir.Undefined), valid, ir.Constant(i32, 0))
+        mask = builder.shuffle_vector(mask, ir.Constant(mty, ir.Undefined), ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+        p = builder.gep(pa, [builder.add(a_off, builder.mul(lda, ir.Constant(i64, r)))], inbounds=True)
+        v.append(builder.call(masked_load, [builder.bitcast(p, vty.as_pointer()), align, mask, ir.Constant(vty, None)]))
+
+    def shuffle(x, y, lanes):
+        return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, 8), lanes))
+
+    lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
+    t = [shuffle(v[r], v[r + 1], half) for r in range(0, 8, 2) for half in (lo, hi)]  # t0 t1 (v0 v1), t2 t3 ...
+    lo2, hi2 = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+    u = {}
+    for base in (0, 4):  # rows 0-3, rows 4-7
+        u[base + 0] = shuffle(t[base], t[base + 2], lo2)  # columns 0 and 4
+        u[base + 1] = shuffle(t[base], t[base + 2], hi2)  # 1 and 5
+        u[base + 2] = shuffle(t[base + 1], t[base + 3], lo2)  # 2 and 6
+        u[base + 3] = shuffle(t[base + 1], t[base + 3], hi2)  # 3 and 7
+    for c in range(4):
+        for column, lanes in ((c, [0, 1, 2, 3, 8, 9, 10, 11]), (c + 4, [4, 5, 6, 7, 12, 13, 14, 15])):
+            w = shuffle(u[c], u[4 + c], lanes)
+            _vstore(builder, w, pd, builder.add(d_off, builder.mul(ldd, ir.Constant(i64, column))), vty)
+
+
+@intrinsic
+def transpose8(typingctx, A, a_off, lda, rows, D, d_off, ldd):
+    """transpose8(A, a_off, lda, rows, D, d_off, ldd): the 8 x 8 block of A whose row r starts at flat
+    index a_off + r * lda written transposed to D (its row c from d_off + c * ldd), rows r >= rows as
+    zeros, not read. C-contiguous float32 or float64 arrays of one dtype, no bounds checks."""
+    if not (isinstance(A, types.Array) and A.layout == "C" and A.dtype in (types.float32, types.float64)):
+        return None
+    if not (isinstance(D, types.Array) and D.layout == "C" and D.dtype == A.dtype):
+        return None
+    sig = types.none(A, a_off, lda, rows, D, d_off, ldd)
+
+    def codegen(context, builder, signature, args):
+        _emit_transpose8(context, builder, signature, args)
+        return context.get_dummy_value()
+
+    return sig, codegen
