@@ -233,7 +233,7 @@ def test_products_prepare_their_input_into_the_scratch(mode, tier, parallel, row
 
 @pytest.mark.parametrize("tier", ("avx512", "avx2"))
 @pytest.mark.parametrize("parallel", (False, True))
-@pytest.mark.parametrize("rows,n", ((3, 101), (17, 96), (700, 50)))
+@pytest.mark.parametrize("rows,n", ((3, 101), (17, 96), (1000, 50)))  # 1000 x 70: x rounded first by the glue
 @pytest.mark.parametrize("gelu", (False, True))
 def test_a_product_rounding_its_output_for_the_next_gives_the_same_bits(tier, parallel, rows, n, gelu):
     """linear_to_activations: the product's output rounded by its store as the next bf16 product's
@@ -250,6 +250,12 @@ def test_a_product_rounding_its_output_for_the_next_gives_the_same_bits(tier, pa
     assert rounded.buffer is buffer and rounded[:4] == expected[:4]
     assert_bit_equal(rounded.arrays[0], expected.arrays[0], "rounded output on %s" % tier)
     assert_bit_equal(api.linear(y, p2, tier=tier, activations=rounded), api.linear(y, p2, tier=tier), "next product")
+    assert_bit_equal(api.linear(None, p2, tier=tier, activations=rounded), api.linear(y, p2, tier=tier), "x=None")
+    scratch = np.full(api.activation_bytes(p, rows, tier), 0xCD, np.uint8)
+    given = api.linear_to_activations(x, p, p2, b, gelu, tier, parallel, api.activations(x, p, tier))
+    into_scratch = api.linear_to_activations(x, p, p2, b, gelu, tier, parallel, scratch=scratch)
+    for other, how in ((given, "activations="), (into_scratch, "scratch=")):
+        assert_bit_equal(other.arrays[0], expected.arrays[0], "rounded output with " + how)
     damaged = api.linear_to_activations(x, p, p2, b * 1.01, gelu, tier, parallel)
     assert not np.array_equal(damaged.arrays[0], expected.arrays[0])  # the comparison can fail
 
@@ -263,8 +269,21 @@ def test_a_product_that_cannot_round_for_the_next_is_refused():
         api.linear_to_activations(x, bf16, bf16_other_k)
     with pytest.raises(ValueError, match="two bf16 products"):
         api.linear_to_activations(x, bf16, api.pack(make_data(1, 8, 48)[1], "bf16"), tier="blas")
+    nxt = api.pack(make_data(1, 8, 48)[1], "bf16")
     with pytest.raises(ValueError, match="buffer of 10 bytes"):
-        api.linear_to_activations(x, bf16, api.pack(make_data(1, 8, 48)[1], "bf16"), buffer=np.empty(10, np.uint8))
+        api.linear_to_activations(x, bf16, nxt, buffer=np.empty(10, np.uint8))
+    choice, module = api.kernel_for("bf16")
+    if choice.tier != "blas":  # the tier's store writes by flat offsets: a wrong array is refused
+        with pytest.raises(ValueError, match="rounded output must be C-contiguous"):
+            module.linear_bf16_rounded(x, bf16.arrays, bf16.zero_bias(), False, np.empty((5, 48), np.float64))
+    shared = np.empty(1 << 16, np.uint8)  # the output would overwrite the input the product still reads
+    with pytest.raises(ValueError, match="shares memory with scratch"):
+        api.linear_to_activations(x, bf16, nxt, scratch=shared[:30000], buffer=shared[20000:])
+    with pytest.raises(ValueError, match="shares memory with x"):
+        api.linear_to_activations(x, bf16, nxt, buffer=x.reshape(-1).view(np.uint8))
+    with pytest.raises(ValueError, match="shares memory with activations"):
+        before = api.activations(x, bf16)
+        api.linear_to_activations(x, bf16, nxt, activations=before, buffer=before.buffer)
 
 
 @pytest.mark.parametrize("mode", ("int8", "bf16"))

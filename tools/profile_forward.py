@@ -34,7 +34,7 @@ def wrap_all(times, calls=None):
     ``calls``, when given, also gets each call's duration in seconds under its own label (the linear
     layers by shape, ``linear 768->2304``)."""
     from refimpl.engines.fast import encoder
-    from refimpl.engines.fast.kernels import attention, norms
+    from refimpl.engines.fast.kernels import attention, matmul, norms
 
     def wrap(module, name, label=None):
         original = getattr(module, name)
@@ -51,6 +51,7 @@ def wrap_all(times, calls=None):
         setattr(module, name, timed)
 
     wrap(encoder, "linear", "linear layers")
+    wrap(matmul, "linear_to_activations", "linear layers")  # bf16: the FFN's first product (encoder.ffn)
     wrap(attention, "attention", "attention (fused)")
     wrap(attention, "attention_qkv", "attention (fused)")  # Q, K and V from one stacked product
     for name in ("bias_residual_layer_norm", "embeddings_layer_norm", "bias_gelu"):
@@ -58,10 +59,15 @@ def wrap_all(times, calls=None):
 
 
 def _call_label(label, args):
-    if label == "linear layers":  # encoder.linear(x, w, packed, ...): by the product's shape
-        x, packed = args[0], args[2] if len(args) > 2 else None
-        width = packed.out_features if packed is not None else args[1]["weight"].shape[0]
-        return f"linear {x.shape[1]}->{width}"
+    if label == "linear layers":  # by the product's shape
+        from refimpl.engines.fast.kernels.matmul import PackedLinear
+
+        if isinstance(args[1], PackedLinear):  # matmul.linear_to_activations(x, packed, next_packed, ...)
+            return f"linear {args[1].in_features}->{args[1].out_features} (store rounds for the next)"
+        x, w, packed = args[0], args[1], args[2] if len(args) > 2 else None  # encoder.linear(x, w, packed, ...)
+        if packed is not None:
+            return f"linear {packed.in_features}->{packed.out_features}"
+        return f"linear {x.shape[1]}->{w['weight'].shape[0]}"
     return label
 
 

@@ -83,7 +83,7 @@ def linear(x, w, packed=None, with_bias=True, gelu=False, out=None, scratch=None
     ``with_bias`` the kernel that follows adds the bias. ``out``: the [N, out] array to write
     (else a new one); ``scratch``: the pass's buffers, whose "prepared" bytes the kernel quantises or
     rounds x into (no fresh pages); ``activations``: x already prepared for the packed kernel
-    (``matmul.linear_to_activations``), whose values are then not read, only its shape."""
+    (``matmul.linear_to_activations``); x may then be None."""
     if packed is not None:
         bias = w["bias"] if with_bias else None
         prepared = scratch.get("prepared") if scratch else None
@@ -198,7 +198,7 @@ def dense_residual_layer_norm(
 ):
     """LayerNorm(h W^T + b + residual): RobertaSelfOutput / RobertaOutput, LayerNorm fused with bias and
     residual, written to ``out`` (may be ``residual``) or a new array; ``activations``: h already
-    prepared for the packed product (then only h's shape is read)."""
+    prepared for the packed product (then h may be None)."""
     scratch = scratch or {}
     y = linear(h, w["dense"], packed, False, out=scratch.get("y"), scratch=scratch, activations=activations)
     out = np.empty_like(residual) if out is None else out
@@ -224,8 +224,9 @@ def ffn(x, w, config: EncoderConfig, packed=None, scratch=None, out=None):
     """RobertaIntermediate + RobertaOutput: dense with bias and GELU, dense + residual + LayerNorm.
 
     In bf16 the first product stores its output already rounded as the second's input, on h's bytes
-    (``matmul.linear_to_activations``): the same bits as rounding a float32 h, in half the bytes
-    written and without reading h back (``ROUNDED_FFN``)."""
+    (``matmul.linear_to_activations``): the same bits as rounding a float32 h, without reading h back
+    to round it, and in half the bytes on AVX-512 BF16 (bits; AVX2's emulation reads float32 values of
+    bf16 numbers) (``ROUNDED_FFN``)."""
     packed = packed or {}
     scratch = scratch or {}
     first, second = packed.get("intermediate.dense"), packed.get("output.dense")
@@ -242,7 +243,7 @@ def ffn(x, w, config: EncoderConfig, packed=None, scratch=None, out=None):
     if rounded is None:
         h = linear(x, w["intermediate"]["dense"], first, gelu=True, out=h, scratch=scratch)  # [N, H] -> [N, I]
     return dense_residual_layer_norm(
-        h, x, w["output"], config, second, scratch, out, activations=rounded
+        None if rounded is not None else h, x, w["output"], config, second, scratch, out, activations=rounded
     )  # [N, I] -> [N, H]
 
 

@@ -46,9 +46,10 @@ MODES = {"float32": "f32", "int8": "int8", "bfloat16": "bf16"}  # refimpl's name
 QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
 # the packed products: the first is QKV's three weights stacked (rows: query's, key's, value's)
 PACKED = ("attention.self.qkv", "attention.output.dense", "intermediate.dense", "output.dense")
-# of the cache file: 1 packed the six linear layers one by one, 2 stacks QKV, 3 rounds bf16 weights by
-# vcvtneps2bf16's rule (a float32 denormal to zero, where 2 could round one up to the smallest normal)
-LAYOUT = 3
+# of the cache file, by mode: 1 packed the six linear layers one by one, 2 stacks QKV, and bf16's 3 rounds
+# the weights by vcvtneps2bf16's rule (a float32 denormal to zero, where 2 could round one up to the
+# smallest normal)
+LAYOUT = {"float32": 2, "int8": 2, "bfloat16": 3}
 
 
 def cache_folder() -> Path:
@@ -146,7 +147,7 @@ def cache_path(weights_file: Path, mode: str) -> Path:
     return (
         cache_folder()
         / "packed"
-        / f"{fingerprint_weights_file(weights_file)[:32]}-{mode}-v{FORMAT_VERSION}.{LAYOUT}.safetensors"
+        / f"{fingerprint_weights_file(weights_file)[:32]}-{mode}-v{FORMAT_VERSION}.{LAYOUT[mode]}.safetensors"
     )
 
 

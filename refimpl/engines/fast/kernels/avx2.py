@@ -214,14 +214,14 @@ def gemm_bf16(x, buf, prepare, bb, bias, gelu, out, mb):
     bb [NP,Kp2/2,48,2] uint16."""
     xa = C.bf16_input(x, buf, prepare, bb.shape[1] * 2, _BF16_INPUT)
     for it in prange(_n_items(x.shape[0], bias.shape[0], mb)):
-        _item_bf16(it, xa, bb, bias, gelu, out, mb, False)
+        _item_bf16(it, xa, bb, bias, gelu, out, mb, None)
 
 
 @njit(cache=True)
 def gemm_bf16_serial(x, buf, prepare, bb, bias, gelu, out, mb):
     xa = C.bf16_input(x, buf, prepare, bb.shape[1] * 2, _BF16_INPUT)
     for it in range(_n_items(x.shape[0], bias.shape[0], mb)):
-        _item_bf16(it, xa, bb, bias, gelu, out, mb, False)
+        _item_bf16(it, xa, bb, bias, gelu, out, mb, None)
 
 
 @njit(parallel=True, cache=True)

@@ -355,6 +355,14 @@ class TierGlue:
         from ``bf16_view``), which the store fills with its results rounded (pad columns zeroed)."""
         w = packed["w"]
         kp2 = w.shape[1] * 2
+        if rounded:  # the store writes it by flat offsets, in this tier's layout
+            want = np.float32 if self.bf16_as_float32 else np.uint16
+            n = bias.shape[0]
+            if not (out.dtype == want and out.flags.c_contiguous and out.shape[0] == x.shape[0] and out.shape[1] >= n):
+                raise ValueError(
+                    "a rounded output must be C-contiguous %s [%d, >= %d], got %s %s"
+                    % (np.dtype(want), x.shape[0], n, out.dtype, out.shape)
+                )
         nbytes = bf16_activation_bytes(x.shape[0], kp2, self.bf16_as_float32)
         buf, prepare = self._input(x, prepared, scratch, nbytes, self.prepare_bf16, kp2, parallel)
         driver = self._driver("bf16_rounded" if rounded else "bf16", parallel)
@@ -418,26 +426,24 @@ def epi_bf16_values(T, nr, mr, nc, out, i0, j0, bias, gelu):
 
 
 def epi_bf16(T, nr, mr, nc, out, i0, j0, bias, gelu, rounded):
-    """A bf16 product's store: epi_f32 into float32 ``out``, or with ``rounded`` its values rounded to
-    bf16 as the next product's input (uint16 bits: epi_bf16_bits; float32 values: epi_bf16_values).
-    A numba function only (the overload below picks by out's dtype at compile time)."""
+    """A bf16 product's store: with ``rounded`` None, epi_f32 into float32 ``out``; with True, its
+    values rounded to bf16 as the next product's input (uint16 bits: epi_bf16_bits; float32 values:
+    epi_bf16_values). A numba function only: the overload below picks by the types at compile time
+    (None, not False, so that the plain drivers do not compile the rounding stores)."""
     raise NotImplementedError("epi_bf16 runs inside numba kernels only")
 
 
 @overload(epi_bf16, inline="always")
-def _epi_bf16_by_dtype(T, nr, mr, nc, out, i0, j0, bias, gelu, rounded):
+def _epi_bf16_by_type(T, nr, mr, nc, out, i0, j0, bias, gelu, rounded):
+    if isinstance(rounded, types.NoneType):
+        return lambda T, nr, mr, nc, out, i0, j0, bias, gelu, rounded: epi_f32(T, nr, mr, nc, out, i0, j0, bias, gelu)
     if out.dtype == types.uint16:
         return lambda T, nr, mr, nc, out, i0, j0, bias, gelu, rounded: epi_bf16_bits(
             T, nr, mr, nc, out, i0, j0, bias, gelu
         )
-
-    def store(T, nr, mr, nc, out, i0, j0, bias, gelu, rounded):
-        if rounded:
-            epi_bf16_values(T, nr, mr, nc, out, i0, j0, bias, gelu)
-        else:
-            epi_f32(T, nr, mr, nc, out, i0, j0, bias, gelu)
-
-    return store
+    return lambda T, nr, mr, nc, out, i0, j0, bias, gelu, rounded: epi_bf16_values(
+        T, nr, mr, nc, out, i0, j0, bias, gelu
+    )
 
 
 @njit(inline="always", cache=True)

@@ -8,7 +8,7 @@
     a = api.activations(x, p)               # or once, for several products of the same input
     y = api.linear(x, p, activations=a)
     a = api.linear_to_activations(x, p, p2, bias, gelu=True)   # bf16: the output rounded as
-    y = api.linear(x_shape_only, p2, activations=a)             # p2's input by the store itself
+    y = api.linear(None, p2, activations=a)                     # p2's input by the store itself
 
 ``PackedLinear.to_dict()`` / ``PackedLinear.from_dict(d)`` convert to and from
 a flat ``{name: np.ndarray}`` dict (safetensors / .npy friendly; arrays may be
@@ -211,8 +211,8 @@ def activations(x, packed, tier=None, parallel=None, scratch=None):
 def linear(x, packed, bias=None, gelu=False, out=None, tier=None, parallel=None, activations=None, scratch=None):
     """y = x @ W.T + bias, optionally exact GELU -> [M, out] float32.
 
-    x        : [M, in] float32 (copied if not C-contiguous float32); with ``activations`` only its
-               shape is read
+    x        : [M, in] float32 (copied if not C-contiguous float32); with ``activations`` it may be
+               None (only its shape would be read)
     bias     : [out] float32 or None
     out      : optional preallocated [M, out] float32 C-contiguous array
     tier     : force 'avx512' | 'avx2' | 'blas' (default: $REFIMPL_KERNELS or best)
@@ -225,7 +225,10 @@ def linear(x, packed, bias=None, gelu=False, out=None, tier=None, parallel=None,
                overwritten: activations() prepared on the same scratch are gone after the call, and
                two threads must not share one.
     """
-    x = _float32_rows(x, packed.k)
+    if x is None and activations is not None:
+        x = np.empty((activations.rows, 0), np.float32)  # the drivers read the rows from x's shape only
+    else:
+        x = _float32_rows(x, packed.k)
     M = x.shape[0]
     if out is None:
         out = np.empty((M, packed.n), np.float32)
@@ -261,16 +264,19 @@ def linear_to_activations(x, packed, next_packed, bias=None, gelu=False, tier=No
                           scratch=None, buffer=None):  # fmt: skip
     """``activations(linear(x, packed, bias, gelu), next_packed)``, bit for bit, without the float32
     output: the product rounds its results to bf16 as it stores them, in the layout the next
-    product reads, so they are written in half the bytes (AVX-512: bf16 bits) and not read back to be
-    rounded. bf16 only (``rounds_for``): int8's per-row scale needs each whole row first.
+    product reads (bf16 bits on AVX-512 BF16: half the bytes; float32 values of bf16 numbers on AVX2),
+    and not read back to be rounded. bf16 only (``rounds_for``): int8's per-row scale needs each whole row first.
 
     ``buffer``: a 1-D uint8 array of at least ``activation_bytes(next_packed, M)`` bytes for the result
-    (else a new one), not ``scratch`` (where x itself is rounded); the other arguments as ``linear``'s.
-    Pass the result to ``linear(y_shape, next_packed, activations=)``."""
+    (else a new one), sharing no memory with x, ``scratch`` (where x itself is rounded) or
+    ``activations`` (refused: the store would overwrite what the product still reads); the other
+    arguments as ``linear``'s.
+    Pass the result to ``linear(None, next_packed, activations=)``."""
     if not rounds_for(packed, next_packed, tier):
         raise ValueError(
-            "linear_to_activations needs two bf16 products on a prepared-input tier, %r then %r; got %s then %s "
-            "on %s" % (packed, next_packed, packed.mode, next_packed.mode, kernel_for(packed.mode, tier)[0].tier)
+            "linear_to_activations needs two bf16 products, the second's in_features (%d) the first's "
+            "out_features (%d), on a tier that prepares inputs; got %s then %s on %s"
+            % (next_packed.k, packed.n, packed.mode, next_packed.mode, kernel_for(packed.mode, tier)[0].tier)
         )
     x = _float32_rows(x, packed.k)
     M = x.shape[0]
@@ -278,6 +284,10 @@ def linear_to_activations(x, packed, next_packed, bias=None, gelu=False, tier=No
     choice, mod, _ = _kernel("bf16", tier)
     kp2 = next_packed.arrays["w"].shape[1] * 2
     buf = common.input_buffer(buffer, common.bf16_activation_bytes(M, kp2, mod.BF16_AS_FLOAT32), "buffer")
+    read = (("x", x), ("scratch", scratch), ("activations", activations.buffer if activations is not None else None))
+    for name, array in read:  # the store would overwrite what other work items still read
+        if array is not None and np.may_share_memory(buf, array):
+            raise ValueError("the buffer for the rounded output shares memory with %s" % name)
     xa = common.carve(buf, 0, (M, kp2), np.float32 if mod.BF16_AS_FLOAT32 else np.uint16)
     if M:
         prepared = _prepared(activations, packed, choice, M)

@@ -22,12 +22,12 @@ and an AVX-512 machine, and even between LLVM versions. Here ``fastmath={'contra
 
 Semantics kept from kernels.py: eps and 1/n are passed as scalars of the array's dtype (the
 caller casts); float32 stays float32 (float64 works too); ``out`` may be ``residual`` itself;
-``y`` is only read (kernels.py used it as scratch); embeddings raise IndexError for an id outside its table (checked
-before any row is written); GELU is transformers' exact erf form (mathf.gelu: gelu_f32 for
-float32, libm for float64). Differences: the LayerNorm sums are in the fixed order above; GELU
-uses mathf's ~1-ulp erf instead of kernels.py's rational erf (3.7e-7 absolute); LayerNorm centres
-twice (corrected two-pass, see _layer_norm_row): as accurate as kernels.py and torch on ordinary
-rows, 10-100x more on rows with a large mean.
+embeddings raise IndexError for an id outside its table (checked before any row is written); GELU
+is transformers' exact erf form (mathf.gelu: gelu_f32 for float32, libm for float64). Differences:
+``y`` is only read (kernels.py used it as scratch); the LayerNorm sums are in the fixed order above;
+GELU uses mathf's ~1-ulp erf instead of kernels.py's rational erf (3.7e-7 absolute); LayerNorm
+centres twice (corrected two-pass, see _layer_norm_row): as accurate as kernels.py and torch on
+ordinary rows, 10-100x more on rows with a large mean.
 """
 
 from __future__ import annotations

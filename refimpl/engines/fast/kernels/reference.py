@@ -160,7 +160,7 @@ def linear_int8(x, W, bias=None, gelu=False):
 
 # ----------------------------------------------------------------- bf16
 def bf16_round(x):
-    """float32 values of bf16(x) (RNE, denormals flushed)."""
+    """float32 values of bf16(x) (RNE; float32 zeros and denormals to signed zero, as vcvtneps2bf16)."""
     return bf16_bits_to_f32(f32_to_bf16_bits(x))
 
 
