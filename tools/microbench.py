@@ -15,6 +15,9 @@
     python -m tools.microbench between        # batch 1 with attention and LayerNorm parallel too, quiet and busy
     python -m tools.microbench keep-awake     # batch 1 with an empty parallel region amid each attention
     python -m tools.microbench shared-items   # batch 1 with the products' items shared, not halved
+    python -m tools.microbench rounded-ffn    # bf16 encode with and without the FFN's rounding store
+    python -m tools.microbench bf16-rounding  # vcvtneps2bf16 against the integer rounding, by size
+    python -m tools.microbench kernels-against --old /tmp/old   # attention, LayerNorm: old modules in turn
 
 Run on an idle machine; each prints its measurements.
 """
@@ -611,6 +614,126 @@ def shared_items():
         _variants_quiet_and_busy(mode, {"shared items": install})
 
 
+def rounded_ffn():
+    """bf16: 256 KLUE-NLI premises encoded with the FFN's first product rounding its output for the
+    second (encoder.ROUNDED_FFN) and without, in turn in one process, six rounds."""
+    from refimpl.engines.fast import encoder
+    from tools import bench
+
+    model, sentences = _bf16_model(), bench.klue_sentences(256)
+    times = {True: [], False: []}
+    for round_ in range(7):
+        for rounded in times:
+            encoder.ROUNDED_FFN = rounded
+            start = time.perf_counter()
+            model.encode(sentences, batch_size=32)
+            if round_:  # the first round warms up
+                times[rounded].append(time.perf_counter() - start)
+    encoder.ROUNDED_FFN = True
+    for rounded, values in times.items():
+        print(f"ROUNDED_FFN={rounded}: best {256 / min(values):.1f}, median {256 / statistics.median(values):.1f} "
+              "sentences/s")  # fmt: skip
+
+
+def _bf16_model():
+    from refimpl import SentenceTransformer
+
+    return SentenceTransformer(str(common.klue_model(None)), compute="bfloat16")
+
+
+def bf16_rounding():
+    """Rounding float32 rows to bf16 on both cores and on one: vcvtneps2bf16 (the AVX-512 BF16 tier's
+    input, uint16 bits) against the integer rule (the AVX2 tier's input, float32 values)."""
+    from refimpl.engines.fast.kernels import common as C
+    from refimpl.engines.fast.kernels import cpu
+
+    if "avx512bf16" not in cpu.host_features():
+        raise SystemExit("this CPU lacks avx512bf16")
+    rng = np.random.default_rng(0)
+    for rows, k in ((17, 768), (494, 768), (494, 3072), (983, 3072)):
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        bits, values = np.empty((rows, k), np.uint16), np.empty((rows, k), np.float32)
+        kernels = {
+            "vcvtneps2bf16, 2 threads": lambda: C.bf16_rows_u16(x, bits),
+            "vcvtneps2bf16, 1 thread": lambda: C.bf16_rows_u16_serial(x, bits),
+            "integer rule, 2 threads": lambda: C.bf16_rows_f32(x, values),
+            "integer rule, 1 thread": lambda: C.bf16_rows_f32_serial(x, values),
+        }
+        line = ", ".join(f"{name} {_best_microseconds(run, 50):.1f} us" for name, run in kernels.items())
+        print(f"{rows} x {k}: {line}")
+
+
+def kernels_against():
+    """Attention (32 and 128 sequences of 8-23 tokens, 12 heads of 64) and the LayerNorm after a bf16
+    product (494 rows), this checkout's module and another checkout's (``--old``) in turn in one
+    process; the outputs must be the same bits."""
+    import importlib.util
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from refimpl.engines.fast.kernels import attention, matmul, norms
+
+    old_root = Path(_ARGS.old) / "refimpl" / "engines" / "fast" / "kernels"
+
+    copies = Path(tempfile.mkdtemp())  # a fresh place each run: numba cannot reload its cache of such a module
+
+    def load(name):
+        shutil.copy(old_root / (name + ".py"), copies / ("old_" + name + ".py"))
+        spec = importlib.util.spec_from_file_location("old_" + name, copies / ("old_" + name + ".py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    rng = np.random.default_rng(0)
+    old = {"attention": load("attention"), "norms": load("norms")}
+    for sequences in (32, 128):
+        lengths = rng.integers(8, 24, sequences)
+        cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        qkv = rng.standard_normal((int(cu[-1]), 2304)).astype(np.float32)
+        for parallel in (False, True):
+            outs = {}
+
+            def run(module, out):
+                module.attention_qkv(qkv, cu, 12, np.float32(0.125), out=out, parallel=parallel)
+
+            times = {}
+            for label, module in (("old", old["attention"]), ("new", attention)):
+                outs[label] = np.empty((int(cu[-1]), 768), np.float32)
+                run(module, outs[label])
+                times[label] = []
+            for _ in range(60):
+                for label, module in (("old", old["attention"]), ("new", attention)):
+                    start = time.perf_counter()
+                    run(module, outs[label])
+                    times[label].append(time.perf_counter() - start)
+            assert np.array_equal(outs["old"], outs["new"]), "attention: old and new differ"
+            print(f"attention, {sequences} sequences, {'parallel' if parallel else 'serial'}: "
+                  + ", ".join(f"{k} min {min(v) * 1e6:.0f} median {statistics.median(v) * 1e6:.0f} us"
+                              for k, v in times.items()))  # fmt: skip
+    packed = matmul.pack(rng.standard_normal((768, 3072)).astype(np.float32) * 0.02, "bf16")
+    h, y = rng.standard_normal((494, 3072)).astype(np.float32), np.empty((494, 768), np.float32)
+    bias, residual = rng.standard_normal(768).astype(np.float32), rng.standard_normal((494, 768)).astype(np.float32)
+    ones, zeros, eps, inv = np.ones(768, np.float32), np.zeros(768, np.float32), np.float32(1e-5), np.float32(1 / 768)
+    scratch, times, outs = np.empty(matmul.activation_bytes(packed, 494), np.uint8), {"old": [], "new": []}, {}
+    for round_ in range(80):
+        for label, module in (("old", old["norms"]), ("new", norms)):
+            out = residual.copy()
+            matmul.linear(h, packed, None, out=y, scratch=scratch)  # y fresh from a product, as in a pass
+            start = time.perf_counter()
+            module.bias_residual_layer_norm(y, bias, out, ones, zeros, eps, inv, out)
+            if round_ >= 5:
+                times[label].append(time.perf_counter() - start)
+            outs[label] = out
+    assert np.array_equal(outs["old"], outs["new"]), "LayerNorm: old and new differ"
+    print("LayerNorm after a product, 494 rows: "
+          + ", ".join(f"{k} min {min(v) * 1e6:.0f} median {statistics.median(v) * 1e6:.0f} us"
+                      for k, v in times.items()))  # fmt: skip
+
+
+_ARGS = None
+
+
 def main():
     commands = {
         "wake": wake,
@@ -628,10 +751,18 @@ def main():
         "mapped": mapped,
         "pass-size": pass_size,
         "numba-rss": numba_rss,
+        "rounded-ffn": rounded_ffn,
+        "bf16-rounding": bf16_rounding,
+        "kernels-against": kernels_against,
     }
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=sorted(commands))
-    commands[parser.parse_args().experiment]()
+    parser.add_argument("--old", help="kernels-against: the other checkout (git worktree add /tmp/old REV)")
+    global _ARGS
+    _ARGS = parser.parse_args()
+    if _ARGS.experiment == "kernels-against" and not _ARGS.old:
+        parser.error("kernels-against needs --old CHECKOUT")
+    commands[_ARGS.experiment]()
 
 
 if __name__ == "__main__":
