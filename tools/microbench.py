@@ -583,8 +583,8 @@ def shared_items():
                 X._item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb)
                 it = take(counters, w, n)
 
-    @njit(inline="always")
-    def bf16_items(x, buf, prepare, bb, bias, gelu, out, mb, rounded):
+    @njit(parallel=True)
+    def gemm_bf16(x, buf, prepare, bb, bias, gelu, out, mb, rounded):
         xa = C.bf16_input(x, buf, prepare, bb.shape[1] * 2, X._BF16_INPUT)
         n, counters = X._n_items(x.shape[0], bb.shape[0], mb), np.zeros(2, np.int64)
         for w in prange(2):
@@ -593,16 +593,7 @@ def shared_items():
                 X._item_bf16(it, xa, bb, bias, gelu, out, mb, rounded)
                 it = take(counters, w, n)
 
-    @njit(parallel=True)
-    def gemm_bf16(x, buf, prepare, bb, bias, gelu, out, mb):
-        bf16_items(x, buf, prepare, bb, bias, gelu, out, mb, None)
-
-    @njit(parallel=True)
-    def gemm_bf16_rounded(x, buf, prepare, bb, bias, gelu, out, mb):  # the FFN's first product
-        bf16_items(x, buf, prepare, bb, bias, gelu, out, mb, True)
-
     shared = {"gemm_f32": gemm_f32, "gemm_int8": gemm_int8, "gemm_bf16": gemm_bf16}
-    shared["gemm_bf16_rounded"] = gemm_bf16_rounded
 
     def install():
         originals = {name: getattr(X, name) for name in shared}

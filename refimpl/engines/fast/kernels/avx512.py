@@ -203,34 +203,21 @@ def gemm_int8_serial(x, buf, prepare, bq, sw, colsum, bias, gelu, out, mb):
 
 
 @njit(parallel=True, cache=True)
-def gemm_bf16(x, buf, prepare, bb, bias, gelu, out, mb):
-    """x [M,K] float32, rounded to bf16 bits into ``buf`` first when ``prepare``; bb [NP,Kp2/2,48,2] uint16."""
+def gemm_bf16(x, buf, prepare, bb, bias, gelu, out, mb, rounded):
+    """x [M,K] float32, rounded to bf16 bits into ``buf`` first when ``prepare``; bb [NP,Kp2/2,48,2] uint16.
+    ``rounded`` None: out [M, N] float32; True: the store rounds its results as the next bf16 product's
+    input, out [M, kp2 >= N] of this tier's prepared dtype (uint16 bits; common.epi_bf16). numba
+    compiles one specialisation per type, so the plain products never carry the rounding store."""
     xa = C.bf16_input(x, buf, prepare, bb.shape[1] * 2, _BF16_INPUT)
     for it in prange(_n_items(x.shape[0], bb.shape[0], mb)):
-        _item_bf16(it, xa, bb, bias, gelu, out, mb, None)
+        _item_bf16(it, xa, bb, bias, gelu, out, mb, rounded)
 
 
 @njit(cache=True)
-def gemm_bf16_serial(x, buf, prepare, bb, bias, gelu, out, mb):
+def gemm_bf16_serial(x, buf, prepare, bb, bias, gelu, out, mb, rounded):
     xa = C.bf16_input(x, buf, prepare, bb.shape[1] * 2, _BF16_INPUT)
     for it in range(_n_items(x.shape[0], bb.shape[0], mb)):
-        _item_bf16(it, xa, bb, bias, gelu, out, mb, None)
-
-
-@njit(parallel=True, cache=True)
-def gemm_bf16_rounded(x, buf, prepare, bb, bias, gelu, out, mb):
-    """gemm_bf16 whose store rounds its results as the next bf16 product's input (common.epi_bf16):
-    out is [M, kp2] of this tier's prepared input (uint16 bits), kp2 >= N."""
-    xa = C.bf16_input(x, buf, prepare, bb.shape[1] * 2, _BF16_INPUT)
-    for it in prange(_n_items(x.shape[0], bb.shape[0], mb)):
-        _item_bf16(it, xa, bb, bias, gelu, out, mb, True)
-
-
-@njit(cache=True)
-def gemm_bf16_rounded_serial(x, buf, prepare, bb, bias, gelu, out, mb):
-    xa = C.bf16_input(x, buf, prepare, bb.shape[1] * 2, _BF16_INPUT)
-    for it in range(_n_items(x.shape[0], bb.shape[0], mb)):
-        _item_bf16(it, xa, bb, bias, gelu, out, mb, True)
+        _item_bf16(it, xa, bb, bias, gelu, out, mb, rounded)
 
 
 # ------------------------------------------------------------ entry points

@@ -365,8 +365,8 @@ class TierGlue:
                 )
         nbytes = bf16_activation_bytes(x.shape[0], kp2, self.bf16_as_float32)
         buf, prepare = self._input(x, prepared, scratch, nbytes, self.prepare_bf16, kp2, parallel)
-        driver = self._driver("bf16_rounded" if rounded else "bf16", parallel)
-        driver(x, buf, prepare, w, bias, gelu, out, self._rows_per_item("bf16", out))
+        driver = self._driver("bf16", parallel)
+        driver(x, buf, prepare, w, bias, gelu, out, self._rows_per_item("bf16", out), True if rounded else None)
         if rounded and out.shape[1] > bias.shape[0]:
             out[:, bias.shape[0] :] = 0
 
@@ -390,46 +390,47 @@ def epi_f32(T, nr, mr, nc, out, i0, j0, bias, gelu):
                 o[j] = t[j] + b[j]
 
 
-@njit(inline="always", cache=True)
-def _bias_gelu_in_place(t, b, nc, gelu):
-    if gelu:
-        for j in range(nc):
-            t[j] = gelu_f32(t[j] + b[j])
-    else:
-        for j in range(nc):
-            t[j] = t[j] + b[j]
+def bf16_row_into(t, out, i, j0, nc):
+    """out[i, j0:j0+nc] = t[:nc] rounded to bf16 as the next product reads it: uint16 bits by
+    vcvtneps2bf16 (AVX-512 BF16) or float32 values of bf16 numbers (AVX2's emulation), by out's dtype.
+    A numba function only (the overload below picks at compile time)."""
+    raise NotImplementedError("bf16_row_into runs inside numba kernels only")
 
 
-@njit(inline="always", cache=True)
-def epi_bf16_bits(T, nr, mr, nc, out, i0, j0, bias, gelu):
-    """out[i0+r, j0:j0+nc] = the bf16 bits of epi_f32's values (bias, then GELU, in float32 in T):
-    the product's output rounded as the next product's input on the AVX-512 BF16 tier, the bits
-    ``bf16_row_bits`` would give from epi_f32's output."""
-    b = bias[j0 : j0 + nc]
-    ldo = out.shape[1]
-    for r in range(mr):
-        _bias_gelu_in_place(T[r * nr : r * nr + nc], b, nc, gelu)
-        bf16_bits_into(T, r * nr, out, (i0 + r) * ldo + j0, nc)
+@overload(bf16_row_into, inline="always")
+def _bf16_row_into_by_dtype(t, out, i, j0, nc):
+    if out.dtype == types.uint16:
+        return lambda t, out, i, j0, nc: bf16_bits_into(t, 0, out, i * out.shape[1] + j0, nc)
 
-
-@njit(inline="always", cache=True)
-def epi_bf16_values(T, nr, mr, nc, out, i0, j0, bias, gelu):
-    """out[i0+r, j0:j0+nc] = float32(bf16(epi_f32's values)): the same for the AVX2 tier's emulation,
-    which reads float32 values of bf16 numbers (``bf16_row_values``)."""
-    b = bias[j0 : j0 + nc]
-    for r in range(mr):
-        t = T[r * nr : r * nr + nc]
-        _bias_gelu_in_place(t, b, nc, gelu)
-        o = out[i0 + r, j0 : j0 + nc]
+    def values(t, out, i, j0, nc):
+        o = out[i, j0 : j0 + nc]
         for j in range(nc):
             o[j] = np.uint32(f32_to_bf16_bits(t[j]) << np.uint32(16)).view(np.float32)
 
+    return values
+
+
+@njit(inline="always", cache=True)
+def epi_bf16_rounded(T, nr, mr, nc, out, i0, j0, bias, gelu):
+    """out[i0+r, j0:j0+nc] = bf16(epi_f32's values: bias, then GELU, in float32 in T): the product's
+    output rounded as the next product's input, the bits ``bf16_row_bits`` / ``bf16_row_values``
+    would give from epi_f32's output."""
+    b = bias[j0 : j0 + nc]
+    for r in range(mr):
+        t = T[r * nr : r * nr + nc]
+        if gelu:
+            for j in range(nc):
+                t[j] = gelu_f32(t[j] + b[j])
+        else:
+            for j in range(nc):
+                t[j] = t[j] + b[j]
+        bf16_row_into(t, out, i0 + r, j0, nc)
+
 
 def epi_bf16(T, nr, mr, nc, out, i0, j0, bias, gelu, rounded):
-    """A bf16 product's store: with ``rounded`` None, epi_f32 into float32 ``out``; with True, its
-    values rounded to bf16 as the next product's input (uint16 bits: epi_bf16_bits; float32 values:
-    epi_bf16_values). A numba function only: the overload below picks by the types at compile time
-    (None, not False, so that the plain drivers do not compile the rounding stores)."""
+    """A bf16 product's store: with ``rounded`` None, epi_f32 into float32 ``out``; with True,
+    epi_bf16_rounded. A numba function only: the overload below picks by rounded's type at compile
+    time (None, not False, so that the plain drivers do not compile the rounding store)."""
     raise NotImplementedError("epi_bf16 runs inside numba kernels only")
 
 
@@ -437,11 +438,7 @@ def epi_bf16(T, nr, mr, nc, out, i0, j0, bias, gelu, rounded):
 def _epi_bf16_by_type(T, nr, mr, nc, out, i0, j0, bias, gelu, rounded):
     if isinstance(rounded, types.NoneType):
         return lambda T, nr, mr, nc, out, i0, j0, bias, gelu, rounded: epi_f32(T, nr, mr, nc, out, i0, j0, bias, gelu)
-    if out.dtype == types.uint16:
-        return lambda T, nr, mr, nc, out, i0, j0, bias, gelu, rounded: epi_bf16_bits(
-            T, nr, mr, nc, out, i0, j0, bias, gelu
-        )
-    return lambda T, nr, mr, nc, out, i0, j0, bias, gelu, rounded: epi_bf16_values(
+    return lambda T, nr, mr, nc, out, i0, j0, bias, gelu, rounded: epi_bf16_rounded(
         T, nr, mr, nc, out, i0, j0, bias, gelu
     )
 
