@@ -191,6 +191,42 @@ def test_cli_counts_are_positive_integers_or_a_usage_error(flag, value):
     )
 
 
+@pytest.mark.parametrize("value", ["many", "0"])
+@pytest.mark.parametrize("flag", ["--threads", "--max-batch-tokens", "--tokenization-workers", "--payload-limit"])
+def test_serve_counts_follow_the_same_rule(flag, value):
+    result = cli("serve", flag, value)
+    print(result.stderr)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"argument {flag}" in result.stderr and (
+        "not an integer" in result.stderr or "not a positive" in result.stderr
+    )
+
+
+def _model_group(parser):
+    group = next(g for g in parser._action_groups if g.title == "model")
+    return {
+        action.dest: (tuple(action.option_strings), action.default, action.choices, action.type, action.nargs)
+        for action in group._group_actions
+    }
+
+
+def test_every_command_that_loads_a_model_takes_the_same_model_options():
+    """One rule (refimpl.apps.arguments): encode, search, ... and serve take the same model options, with
+    the same choices, defaults and checks; serve adds only the name it serves the model under."""
+    from refimpl.apps.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    groups = {
+        name: _model_group(parser) for name, parser in commands.items() if name not in ("verify", "convert", "info")
+    }
+    serve = groups.pop("serve")
+    assert serve.pop("served_model_name")[0] == ("--served-model-name",)
+    assert set(groups) == {"encode", "similarity", "search", "eval-sts", "explain"}
+    for name, group in groups.items():
+        assert group == serve, name
+    assert serve["compute"][2] == ("float32", "int8", "bfloat16") and serve["dtype"][2] == ("float32", "float64")
+
+
 def test_broken_pipe_is_quiet(tiny_model):
     command = f"{sys.executable} -m refimpl encode --model {tiny_model('roberta')} -i - | head -c 10"
     result = subprocess.run(["bash", "-c", command], input="\n".join(TEXTS * 3000), capture_output=True, text=True)

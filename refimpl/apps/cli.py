@@ -14,69 +14,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from pathlib import Path
 
-from refimpl.checks import COMPUTE_MODES, DTYPES
+from refimpl.apps.arguments import add_model_arguments, count_argument, model_options, tolerance_argument
 from refimpl.engines import DEFAULT_ENGINE, ENGINES
 from refimpl.io import BOM, split_lines, write_atomically
 from refimpl.io import read_lines as read_text_lines
 from refimpl.load.locate import DEFAULT_MODEL
 
 
-def count_argument(text: str) -> int:
-    """argparse type of every count refimpl takes (threads, batch size, workers, lines): a positive integer."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
-    return value
-
-
-def tolerance_argument(text: str) -> float:
-    """argparse type of a tolerance: a finite number >= 0 (NaN would make every comparison fail)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a tolerance is a finite number >= 0")
-    return value
-
-
-def _add_model_arguments(parser):
-    group = parser.add_argument_group("model")
-    group.add_argument(
-        "--model", "-m", default=DEFAULT_MODEL, help=f"Hub id or local directory (default: {DEFAULT_MODEL})"
-    )
-    group.add_argument("--revision", help="Hub branch, tag or commit")
-    group.add_argument("--cache-folder", help="Hugging Face cache directory")
-    group.add_argument("--local-files-only", action="store_true", help="never contact the Hub (also: HF_HUB_OFFLINE=1)")
-    group.add_argument("--dtype", choices=DTYPES, default="float32")
-    group.add_argument(
-        "--compute", choices=COMPUTE_MODES, default="float32", help="the fast engine's arithmetic (default float32)"
-    )
-    group.add_argument(
-        "--threads", type=count_argument, help="threads for the matrix products and kernels (default: all cores)"
-    )
-
-
 def load_model(args):
     from refimpl.model import SentenceTransformer
 
-    return SentenceTransformer(
-        args.model,
-        revision=args.revision,
-        cache_folder=args.cache_folder,
-        local_files_only=args.local_files_only,
-        dtype=args.dtype,
-        compute=args.compute,
-        threads=args.threads,
-    )
+    return SentenceTransformer(args.model, **model_options(args))
 
 
 def read_lines(path: str | None) -> list[str]:
@@ -515,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=description or help_text)
         arguments(command)
         if loads_model:
-            _add_model_arguments(command)
+            add_model_arguments(command)
         command.set_defaults(func=function)
     return parser
 

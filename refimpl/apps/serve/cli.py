@@ -13,6 +13,7 @@ import logging
 import signal
 import socket
 
+from refimpl.apps.arguments import model_options
 from refimpl.apps.serve.settings import Settings, add_arguments, from_args
 
 logger = logging.getLogger("refimpl.serve")
@@ -53,20 +54,12 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def load_model(args, settings: Settings):
+def load_model(args):
     from refimpl import SentenceTransformer
     from refimpl.errors import RefimplError
 
-    kwargs = dict(
-        revision=args.revision,
-        cache_folder=args.cache_folder,
-        local_files_only=args.local_files_only,
-        dtype=args.dtype,
-        compute=settings.compute,
-        threads=args.threads,
-    )
     try:
-        model = SentenceTransformer(args.model, **kwargs)
+        model = SentenceTransformer(args.model, **model_options(args))
     except (RefimplError, OSError, ValueError, KeyError, ImportError, TypeError) as error:
         fail(f"cannot load model {args.model}: {error}")
     try:  # a model that cannot embed one sentence must not start a server
@@ -123,7 +116,7 @@ def serve(args: argparse.Namespace) -> int:
     except ImportError:
         fail('the server needs its extra: pip install "refimpl[serve]"')
     sock = bind(settings.host, settings.port)
-    model = load_model(args, settings)
+    model = load_model(args)
     try:
         run(model, settings, sock)
     except KeyboardInterrupt:

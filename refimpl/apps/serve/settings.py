@@ -13,7 +13,9 @@ import argparse
 import os
 from dataclasses import dataclass
 
-COMPUTE_MODES = ("float32", "int8", "bfloat16")
+from refimpl.apps.arguments import add_model_arguments as add_common_model_arguments
+from refimpl.apps.arguments import count_argument
+
 CHARS_PER_TOKEN = 250  # TEI's MAX_CHAR_MULTIPLIER (core/src/tokenization.rs)
 
 
@@ -41,13 +43,6 @@ class Settings:
         return self.max_input_chars or max_seq_length * CHARS_PER_TOKEN
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -64,22 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser, default_model: str):
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_model: str):
-    """Which model, and how it computes."""
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model", "-m", default=default_model, help=f"Hub id or local directory (default: {default_model})"
-    )
-    model.add_argument("--revision", help="Hub branch, tag or commit")
-    model.add_argument("--cache-folder", help="Hugging Face cache directory")
-    model.add_argument("--local-files-only", action="store_true", help="never contact the Hub (also: HF_HUB_OFFLINE=1)")
-    model.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    model.add_argument(
-        "--compute",
-        choices=COMPUTE_MODES,
-        default="float32",
-        help="arithmetic of the forward pass (default float32; int8/bfloat16 need a refimpl that has them)",
-    )
-    model.add_argument("--threads", type=_positive, help="threads for the products and kernels (default: all cores)")
+    """Which model, and how it computes: the options of every refimpl command that loads one, and the name it
+    is served under."""
+    model = add_common_model_arguments(parser, default_model)
     model.add_argument("--served-model-name", help="the `model` name /v1/embeddings reports (default: --model)")
 
 
@@ -109,31 +91,31 @@ def add_limit_arguments(parser: argparse.ArgumentParser, d: Settings):
     limits = parser.add_argument_group("batching and limits (defaults as TEI's)")
     limits.add_argument(
         "--max-batch-tokens",
-        type=_positive,
+        type=count_argument,
         default=d.max_batch_tokens,
         help=f"tokens per forward pass (default {d.max_batch_tokens})",
     )
     limits.add_argument(
         "--max-concurrent-requests",
-        type=_positive,
+        type=count_argument,
         default=d.max_concurrent_requests,
         help=f"requests in flight before 429 Overloaded (default {d.max_concurrent_requests})",
     )
     limits.add_argument(
         "--max-client-batch-size",
-        type=_positive,
+        type=count_argument,
         default=d.max_client_batch_size,
         help=f"inputs per request before 413 (default {d.max_client_batch_size})",
     )
     limits.add_argument(
         "--payload-limit",
-        type=_positive,
+        type=count_argument,
         default=d.payload_limit,
         help=f"request body bytes before 413 (default {d.payload_limit})",
     )
     limits.add_argument(
         "--max-input-chars",
-        type=_positive,
+        type=count_argument,
         help=f"characters per input before 413 (default: max_seq_length x {CHARS_PER_TOKEN})",
     )
     limits.add_argument(
@@ -143,7 +125,7 @@ def add_limit_arguments(parser: argparse.ArgumentParser, d: Settings):
     )
     limits.add_argument(
         "--tokenization-workers",
-        type=_positive,
+        type=count_argument,
         default=d.tokenization_workers,
         help=f"threads that tokenize (default {d.tokenization_workers})",
     )
