@@ -94,13 +94,14 @@ def test_the_model_is_loaded_once_per_worker_not_shipped(client, path):
 
 
 def test_threads_never_exceed_the_cores(client):
-    from refimpl.dask import plan_blas_threads
+    from refimpl.dask import plan_blas_threads, plan_kernel_threads
 
     workers = client.scheduler_info()["workers"].values()
     threads = sum(w["nthreads"] for w in workers)
-    blas = plan_blas_threads(client)
-    assert threads * blas <= os.cpu_count()
-    print(f"{len(workers)} workers x {threads // len(workers)} thread x {blas} BLAS threads on {os.cpu_count()} cores")
+    kernel = plan_kernel_threads(client)
+    assert threads * kernel <= os.cpu_count() and plan_blas_threads is plan_kernel_threads
+    per_worker = threads // len(workers)
+    print(f"{len(workers)} workers x {per_worker} thread x {kernel} kernel threads on {os.cpu_count()} cores")
 
 
 def test_int8_is_refused_for_partitions(client, path):

@@ -9,7 +9,7 @@
 
 Each worker process loads the model once, the first time one of its tasks needs it, from the
 model id or directory (so workers need the files or Hub access, never a copy from the client),
-and keeps it for later tasks. Threads are planned so that worker threads x BLAS threads never
+and keeps it for later tasks. Threads are planned so that worker threads x kernel threads never
 exceed a host's cores. Results are in input order and equal single-process ``encode`` (the fast
 engine's packing makes an embedding independent of its neighbours). ``encode_file`` writes one
 .npy per partition plus a manifest, so a run that stops (a worker or the client dies) resumes
@@ -21,7 +21,7 @@ to dask arrays), ``files`` (a text file to one .npy, resumably).
 
 from refimpl.dask.collections import encode_bag, encode_dataframe
 from refimpl.dask.files import encode_file, local_cluster
-from refimpl.dask.workers import encode_texts, plan_blas_threads, worker_model
+from refimpl.dask.workers import encode_texts, plan_blas_threads, plan_kernel_threads, worker_model
 
 __all__ = [
     "encode_bag",
@@ -30,5 +30,6 @@ __all__ = [
     "encode_texts",
     "local_cluster",
     "plan_blas_threads",
+    "plan_kernel_threads",
     "worker_model",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from refimpl.checks import streamable_encode_kwargs
-from refimpl.dask.workers import default_client_or_none, embedding_shape, encode_texts, plan_blas_threads
+from refimpl.dask.workers import default_client_or_none, embedding_shape, encode_texts, plan_kernel_threads
 from refimpl.load.locate import DEFAULT_MODEL
 
 
@@ -15,12 +15,14 @@ def _encode_delayed(partitions, model, batch_size, model_kwargs, encode_kwargs):
 
     streamable_encode_kwargs(encode_kwargs, "between partitions")
     client = default_client_or_none()
-    blas = plan_blas_threads(client) if client is not None else None
-    dim, dtype = dask.delayed(embedding_shape, pure=True)(model, model_kwargs, blas, encode_kwargs).compute()
+    kernel_threads = plan_kernel_threads(client) if client is not None else None
+    dim, dtype = dask.delayed(embedding_shape, pure=True)(model, model_kwargs, kernel_threads, encode_kwargs).compute()
     encode = dask.delayed(encode_texts, pure=True)
     arrays = [
         da.from_delayed(
-            encode(part, model, model_kwargs, blas, batch_size, encode_kwargs), shape=(np.nan, dim), dtype=dtype
+            encode(part, model, model_kwargs, kernel_threads, batch_size, encode_kwargs),
+            shape=(np.nan, dim),
+            dtype=dtype,
         )
         for part in partitions
     ]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from refimpl.checks import positive_int, streamable_encode_kwargs
-from refimpl.dask.workers import encode_texts, plan_blas_threads
+from refimpl.dask.workers import encode_texts, plan_kernel_threads
 from refimpl.io import (
     fingerprint_dir,
     fingerprint_file,
@@ -27,10 +27,10 @@ from refimpl.io import (
 from refimpl.load.locate import DEFAULT_MODEL
 
 
-def encode_file_part(path, start, end, part_file, model, model_kwargs, blas_threads, batch_size, encode_kwargs) -> int:
+def encode_file_part(path, start, end, part_file, model, model_kwargs, threads, batch_size, encode_kwargs) -> int:
     """One partition: read its lines, embed them, write ``part_file`` atomically; the row count."""
     embeddings = encode_texts(
-        read_line_range(path, start, end), model, model_kwargs, blas_threads, batch_size, encode_kwargs
+        read_line_range(path, start, end), model, model_kwargs, threads, batch_size, encode_kwargs
     )
     write_atomically(part_file, lambda handle: np.save(handle, embeddings))
     return len(embeddings)
@@ -155,7 +155,7 @@ def _run_partitions(
     rows = {i: lines for i, (_, _, lines) in enumerate(ranges) if _valid_part(part_files[i]) == lines}
     for i in rows:
         manifest["computed_in_run"].setdefault(str(i), manifest["run"] - 1)
-    blas = plan_blas_threads(client)
+    kernel_threads = plan_kernel_threads(client)
     # task keys name this run's input, model and output, so two runs never share (and overwrite) tasks
     key = hashlib.sha256(
         json.dumps([manifest["fingerprint"], str(parts_dir.resolve())], sort_keys=True).encode()
@@ -169,7 +169,7 @@ def _run_partitions(
             str(part_files[i].resolve()),
             model,
             model_kwargs,
-            blas,
+            kernel_threads,
             batch_size,
             encode_kwargs,
             key=f"refimpl-part-{key}-{i}",

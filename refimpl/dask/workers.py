@@ -18,7 +18,7 @@ def _key(model, model_kwargs) -> str:
     return json.dumps([str(model), model_kwargs or {}], sort_keys=True, default=str)
 
 
-def worker_model(model=DEFAULT_MODEL, model_kwargs=None, blas_threads=None):
+def worker_model(model=DEFAULT_MODEL, model_kwargs=None, kernel_threads=None):
     """This process's copy of the model, loaded on first use and kept for later tasks."""
     key = _key(model, model_kwargs)
     with _LOCK:
@@ -26,8 +26,8 @@ def worker_model(model=DEFAULT_MODEL, model_kwargs=None, blas_threads=None):
             from refimpl.model import SentenceTransformer
             from refimpl.run.threads import set_threads
 
-            if blas_threads:
-                set_threads(blas_threads)
+            if kernel_threads:
+                set_threads(kernel_threads)
             _MODELS[key] = SentenceTransformer(model, **(model_kwargs or {}))
         return _MODELS[key]
 
@@ -38,9 +38,9 @@ def loaded_models() -> list:
         return list(_MODELS.values())
 
 
-def encode_texts(texts, model, model_kwargs=None, blas_threads=None, batch_size=32, encode_kwargs=None) -> np.ndarray:
+def encode_texts(texts, model, model_kwargs=None, kernel_threads=None, batch_size=32, encode_kwargs=None) -> np.ndarray:
     """Embed one partition on a worker: [len(texts), D], also for an empty partition."""
-    instance = worker_model(model, model_kwargs, blas_threads)
+    instance = worker_model(model, model_kwargs, kernel_threads)
     texts = texts.tolist() if hasattr(texts, "tolist") else list(texts)
     out = instance.encode(texts, batch_size=batch_size, **(encode_kwargs or {}))
     if len(texts) == 0:
@@ -49,8 +49,8 @@ def encode_texts(texts, model, model_kwargs=None, blas_threads=None, batch_size=
     return out
 
 
-def embedding_shape(model, model_kwargs, blas_threads, encode_kwargs):
-    out = encode_texts(["."], model, model_kwargs, blas_threads, 1, encode_kwargs)
+def embedding_shape(model, model_kwargs, kernel_threads, encode_kwargs):
+    out = encode_texts(["."], model, model_kwargs, kernel_threads, 1, encode_kwargs)
     return out.shape[1], out.dtype.str
 
 
@@ -63,8 +63,9 @@ def default_client_or_none():
         return None
 
 
-def plan_blas_threads(client) -> int:
-    """BLAS threads per worker such that, on every host, worker threads x BLAS threads <= cores."""
+def plan_kernel_threads(client) -> int:
+    """Threads per worker for refimpl's kernels (its products, attention, LayerNorm; OpenBLAS's on the BLAS
+    tier) such that, on every host, worker threads x kernel threads <= cores."""
     workers = client.scheduler_info()["workers"]
     if not workers:
         return 1
@@ -75,3 +76,6 @@ def plan_blas_threads(client) -> int:
         threads, host_cores = per_host.get(host, (0, cores.get(address) or 1))
         per_host[host] = (threads + info.get("nthreads", 1), host_cores)
     return max(1, min(host_cores // max(threads, 1) for threads, host_cores in per_host.values()))
+
+
+plan_blas_threads = plan_kernel_threads  # the name before refimpl ran its own kernels; kept for callers
