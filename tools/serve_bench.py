@@ -220,7 +220,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency-requests", type=int, default=200)
     parser.add_argument("--rss-requests", type=int, default=10_000)
     parser.add_argument(
-        "--threads", type=int, help="BLAS threads, the same for server and offline (default: all cores)"
+        "--threads", type=int, help="kernel threads, the same for server and offline (default: all cores)"
     )
     return parser.parse_args()
 

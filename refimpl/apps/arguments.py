@@ -1,8 +1,9 @@
 """The command-line rules every refimpl command shares: argument types, and the model options.
 
 ``refimpl encode`` (and the other commands that load a model) and ``refimpl serve`` take the same
-model options with the same checks, and build the model from them the same way (``model_options``).
-Kept light: no numpy, no engine, so that ``--help`` and a usage error cost nothing.
+model options with the same checks, and build the model from them the same way (``model_options``;
+``encode --workers`` passes them on to Dask's workers, without ``--threads``, which it refuses). Kept
+light: no engine and no model code are imported, so ``--help`` and a usage error cost little.
 """
 
 from __future__ import annotations
@@ -25,14 +26,34 @@ def count_argument(text: str) -> int:
     return value
 
 
-def tolerance_argument(text: str) -> float:
-    """argparse type of a tolerance: a finite number >= 0 (NaN would make every comparison fail)."""
+def _finite_nonnegative(text: str, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a tolerance is a finite number >= 0")
+        raise argparse.ArgumentTypeError(f"{text!r}: {what} is a finite number >= 0")
+    return value
+
+
+def tolerance_argument(text: str) -> float:
+    """argparse type of a tolerance: a finite number >= 0 (NaN would make every comparison fail)."""
+    return _finite_nonnegative(text, "a tolerance")
+
+
+def seconds_argument(text: str) -> float:
+    """argparse type of a duration in seconds: a finite number >= 0."""
+    return _finite_nonnegative(text, "a duration in seconds")
+
+
+def port_argument(text: str) -> int:
+    """argparse type of a TCP port: an integer 0-65535 (0: any free port)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0-65535)")
     return value
 
 

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from refimpl.apps.arguments import add_model_arguments, count_argument, model_options, tolerance_argument
+from refimpl.checks import DTYPES
 from refimpl.engines import DEFAULT_ENGINE, ENGINES
 from refimpl.io import BOM, split_lines, write_atomically
 from refimpl.io import read_lines as read_text_lines
@@ -96,17 +97,18 @@ def cmd_encode_distributed(args):
         from refimpl.dask import encode_file, local_cluster
     except ImportError:
         raise SystemExit('refimpl: distributed encoding needs Dask: pip install "refimpl[dask]"') from None
+    if args.threads is not None:
+        raise SystemExit(
+            "refimpl: --threads is not used with --scheduler/--workers: each worker's threads are planned from its "
+            "host's cores (refimpl.dask.plan_kernel_threads)"
+        )
     model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model  # workers have other cwds
+    defaults = {"local_files_only": False, "dtype": "float32", "compute": "float32"}
+    # only what differs from the defaults: the run's fingerprint (and so resuming) does not change with them
     model_kwargs = {
         key: value
-        for key, value in (
-            ("revision", args.revision),
-            ("cache_folder", args.cache_folder),
-            ("local_files_only", args.local_files_only or None),
-            ("dtype", args.dtype if args.dtype != "float32" else None),
-            ("compute", args.compute if args.compute != "float32" else None),
-        )
-        if value is not None
+        for key, value in model_options(args).items()
+        if key != "threads" and value is not None and value != defaults.get(key)
     }
     if not args.verbose:
         logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -335,7 +337,7 @@ def _eval_sts_arguments(sts):
 
 def _verify_arguments(verify):
     verify.add_argument("model", help="a model directory or Hub id")
-    verify.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
+    verify.add_argument("--dtype", choices=(*DTYPES, "both"), default="both")
     verify.add_argument("--engine", choices=tuple(ENGINES), default=DEFAULT_ENGINE)
     verify.add_argument(
         "--sentences", metavar="FILE", help="one sentence per line (default: built-in Korean and English)"
@@ -367,7 +369,7 @@ def cmd_serve(args):
 def _serve_arguments(serve):
     from refimpl.apps.serve.settings import add_arguments
 
-    add_arguments(serve, DEFAULT_MODEL)  # its own model group, with --compute and the server's limits
+    add_arguments(serve, DEFAULT_MODEL)  # the shared model group plus --served-model-name, and the server's limits
 
 
 def version_line() -> str:

@@ -27,10 +27,12 @@ from refimpl.io import (
 from refimpl.load.locate import DEFAULT_MODEL
 
 
-def encode_file_part(path, start, end, part_file, model, model_kwargs, threads, batch_size, encode_kwargs) -> int:
+def encode_file_part(
+    path, start, end, part_file, model, model_kwargs, kernel_threads, batch_size, encode_kwargs
+) -> int:
     """One partition: read its lines, embed them, write ``part_file`` atomically; the row count."""
     embeddings = encode_texts(
-        read_line_range(path, start, end), model, model_kwargs, threads, batch_size, encode_kwargs
+        read_line_range(path, start, end), model, model_kwargs, kernel_threads, batch_size, encode_kwargs
     )
     write_atomically(part_file, lambda handle: np.save(handle, embeddings))
     return len(embeddings)
@@ -207,7 +209,8 @@ def _assemble(part_files: list[Path], output_path: Path):
 
 
 def local_cluster(workers: int):
-    """A LocalCluster of ``workers`` processes with one thread each (BLAS gets cores // workers)."""
+    """A LocalCluster of ``workers`` processes with one thread each (the kernels get cores // workers threads:
+    plan_kernel_threads)."""
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)

@@ -18,8 +18,10 @@ def _key(model, model_kwargs) -> str:
     return json.dumps([str(model), model_kwargs or {}], sort_keys=True, default=str)
 
 
-def worker_model(model=DEFAULT_MODEL, model_kwargs=None, kernel_threads=None):
-    """This process's copy of the model, loaded on first use and kept for later tasks."""
+def worker_model(model=DEFAULT_MODEL, model_kwargs=None, kernel_threads=None, *, blas_threads=None):
+    """This process's copy of the model, loaded on first use and kept for later tasks (``blas_threads``:
+    kernel_threads's name before refimpl ran its own kernels, still accepted)."""
+    kernel_threads = kernel_threads if kernel_threads is not None else blas_threads
     key = _key(model, model_kwargs)
     with _LOCK:
         if key not in _MODELS:
@@ -38,9 +40,12 @@ def loaded_models() -> list:
         return list(_MODELS.values())
 
 
-def encode_texts(texts, model, model_kwargs=None, kernel_threads=None, batch_size=32, encode_kwargs=None) -> np.ndarray:
-    """Embed one partition on a worker: [len(texts), D], also for an empty partition."""
-    instance = worker_model(model, model_kwargs, kernel_threads)
+def encode_texts(
+    texts, model, model_kwargs=None, kernel_threads=None, batch_size=32, encode_kwargs=None, *, blas_threads=None
+) -> np.ndarray:
+    """Embed one partition on a worker: [len(texts), D], also for an empty partition (``blas_threads``: as
+    worker_model's)."""
+    instance = worker_model(model, model_kwargs, kernel_threads if kernel_threads is not None else blas_threads)
     texts = texts.tolist() if hasattr(texts, "tolist") else list(texts)
     out = instance.encode(texts, batch_size=batch_size, **(encode_kwargs or {}))
     if len(texts) == 0:

@@ -170,7 +170,7 @@ class Batcher:
             offset += stop - start
 
     async def warm_up(self):
-        """One embedding before /health says 200 (numba kernels load, BLAS threads start)."""
+        """One embedding before /health says 200 (numba's kernels load, their threads start)."""
         try:
             sample = self.model.tokenize_batch(["warm-up"])
             await asyncio.get_running_loop().run_in_executor(self.pool, self.model.embed_batch, sample)

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from refimpl.apps.arguments import add_model_arguments as add_common_model_arguments
-from refimpl.apps.arguments import count_argument
+from refimpl.apps.arguments import count_argument, port_argument, seconds_argument
 
 CHARS_PER_TOKEN = 250  # TEI's MAX_CHAR_MULTIPLIER (core/src/tokenization.rs)
 
@@ -43,13 +43,6 @@ class Settings:
         return self.max_input_chars or max_seq_length * CHARS_PER_TOKEN
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0-65535, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser, default_model: str):
     """The serve options, on ``parser`` (``refimpl serve`` adds them to its subcommand)."""
     defaults = Settings()
@@ -69,7 +62,9 @@ def add_server_arguments(parser: argparse.ArgumentParser, d: Settings):
     """Where to listen, the API key, shutdown and logging."""
     net = parser.add_argument_group("server")
     net.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host})")
-    net.add_argument("--port", "-p", type=_port, default=d.port, help=f"port (default {d.port}; 0: any free port)")
+    net.add_argument(
+        "--port", "-p", type=port_argument, default=d.port, help=f"port (default {d.port}; 0: any free port)"
+    )
     net.add_argument(
         "--api-key",
         default=os.environ.get("REFIMPL_API_KEY"),
@@ -77,7 +72,7 @@ def add_server_arguments(parser: argparse.ArgumentParser, d: Settings):
     )
     net.add_argument(
         "--shutdown-timeout",
-        type=float,
+        type=seconds_argument,
         default=d.shutdown_timeout,
         help=f"seconds to finish in-flight requests after SIGTERM (default {d.shutdown_timeout:g})",
     )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refimpl.batch import Encoded, token_budget_groups, unpack
+from refimpl.checks import COMPUTE_MODES
 from refimpl.engines.base import EngineBase, check_indices, weights_dtype
 
 # Length-sorted sentences run in packs of up to this many tokens (a longer sentence goes alone),
@@ -72,7 +73,7 @@ class PackedStates:
 
 class FastEngine(EngineBase):
     name = "fast"
-    compute_modes = ("float32", "int8", "bfloat16")
+    compute_modes = COMPUTE_MODES
 
     def __init__(self, weights, config, pad_token_id, compute="float32", weights_file=None):
         super().__init__(weights, config, pad_token_id, compute, weights_file)
