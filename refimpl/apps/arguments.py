@@ -15,12 +15,16 @@ from refimpl.checks import COMPUTE_MODES, DTYPES
 from refimpl.load.locate import DEFAULT_MODEL
 
 
-def count_argument(text: str) -> int:
-    """argparse type of every count refimpl takes (threads, batch size, workers, lines, limits): a positive integer."""
+def _integer(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def count_argument(text: str) -> int:
+    """argparse type of every count refimpl takes (threads, batch size, workers, lines, limits): a positive integer."""
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
     return value
@@ -48,10 +52,7 @@ def seconds_argument(text: str) -> float:
 
 def port_argument(text: str) -> int:
     """argparse type of a TCP port: an integer 0-65535 (0: any free port)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    value = _integer(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port (0-65535)")
     return value
@@ -86,3 +87,12 @@ def model_options(args: argparse.Namespace) -> dict:
         compute=args.compute,
         threads=args.threads,
     )
+
+
+def changed_model_options(args: argparse.Namespace) -> dict:
+    """``model_options`` without the ones left at their defaults (the defaults read from the model group
+    itself): what a run must record to be repeated, and nothing that changes with refimpl's defaults."""
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    defaults = model_options(parser.parse_args([]))
+    return {key: value for key, value in model_options(args).items() if value != defaults[key]}

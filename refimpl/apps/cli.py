@@ -18,7 +18,13 @@ import os
 import sys
 from pathlib import Path
 
-from refimpl.apps.arguments import add_model_arguments, count_argument, model_options, tolerance_argument
+from refimpl.apps.arguments import (
+    add_model_arguments,
+    changed_model_options,
+    count_argument,
+    model_options,
+    tolerance_argument,
+)
 from refimpl.checks import DTYPES
 from refimpl.engines import DEFAULT_ENGINE, ENGINES
 from refimpl.io import BOM, split_lines, write_atomically
@@ -103,13 +109,7 @@ def cmd_encode_distributed(args):
             "host's cores (refimpl.dask.plan_kernel_threads)"
         )
     model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model  # workers have other cwds
-    defaults = {"local_files_only": False, "dtype": "float32", "compute": "float32"}
-    # only what differs from the defaults: the run's fingerprint (and so resuming) does not change with them
-    model_kwargs = {
-        key: value
-        for key, value in model_options(args).items()
-        if key != "threads" and value is not None and value != defaults.get(key)
-    }
+    model_kwargs = changed_model_options(args)  # the run's fingerprint records these (resuming compares them)
     if not args.verbose:
         logging.getLogger("distributed").setLevel(logging.WARNING)
     client = Client(args.scheduler) if args.scheduler else local_cluster(args.workers)

@@ -45,7 +45,7 @@ def encode_texts(
 ) -> np.ndarray:
     """Embed one partition on a worker: [len(texts), D], also for an empty partition (``blas_threads``: as
     worker_model's)."""
-    instance = worker_model(model, model_kwargs, kernel_threads if kernel_threads is not None else blas_threads)
+    instance = worker_model(model, model_kwargs, kernel_threads, blas_threads=blas_threads)
     texts = texts.tolist() if hasattr(texts, "tolist") else list(texts)
     out = instance.encode(texts, batch_size=batch_size, **(encode_kwargs or {}))
     if len(texts) == 0:
