@@ -56,16 +56,25 @@ def make_texts(tokenizer, targets, seed):
     return texts
 
 
-def rss_mb() -> float:
+def _status_mb(field: str) -> float | None:
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    return float("nan")
+    return None
+
+
+def rss_mb() -> float:
+    mb = _status_mb("VmRSS")
+    return float("nan") if mb is None else mb
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over from the
+    parent through fork and exec, so a worker started by a large process (the bench's parent after
+    exporting the model with torch) would report the parent's peak as its own."""
+    mb = _status_mb("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if mb is None else mb
 
 
 def rate(work, amount, seconds=0.6) -> float:

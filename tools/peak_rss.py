@@ -8,16 +8,16 @@ command's figure on a tiny model (interpreter, libraries, compiled kernels), as 
 
 from __future__ import annotations
 
-import resource
 import sys
 
 
 def main():
     from refimpl import SentenceTransformer
+    from tools.common import peak_rss_mb
 
     model = SentenceTransformer(sys.argv[1], compute=sys.argv[2])
     model.encode(["오늘은 날씨가 맑고 바람이 시원하게 분다. 내일은 비가 온다고 한다."] * 256)
-    print(f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
+    print(f"{peak_rss_mb():.1f}")
 
 
 if __name__ == "__main__":
