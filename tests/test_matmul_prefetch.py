@@ -1,7 +1,7 @@
-"""The products' prefetch plan (kernels/common.py: ``prefetch_plan``, ``block_byte``): on AVX-512 the passes
-over a block of B prefetch exactly the next block, each line once; on AVX2 each sub-panel's passes its
-own line 16 KB ahead; the byte offsets are the packed arrays' own; and the tile split (``tile_rows``) is
-balanced. Prefetches change no result
+"""The products' prefetch plan (kernels/common.py: ``prefetch_plan``, ``block_byte``): the passes over a
+block of B (on AVX2 the row tiles of the panel's three 16-column sub-panels in turn) prefetch exactly the
+next block, each line once; the byte offsets are the packed arrays' own; and the tile split
+(``tile_rows``) is balanced. Prefetches change no result
 (tests/test_matmul_kernels.py holds every tier to the NumPy reference at the batch-1 sizes that use
 them); what is checked here is that they reach the memory the next block reads."""
 
@@ -15,11 +15,11 @@ from refimpl.engines.fast.kernels.intrinsics import PREFETCH_FLAG
 STEP_BYTES = 192  # 48 float32, 48 x 4 int8, 48 x 2 bf16 per k step
 
 
-def prefetched_lines(plan, nt, ks, block, own_line=-1, step_bytes=STEP_BYTES):
+def prefetched_lines(plan, nt, ks, block, step_bytes=STEP_BYTES):
     """Every cache line the nt passes over one block prefetch, with how often."""
     lines = {}
     for t in range(nt):
-        flag, start, stride = plan(nt, t, ks, block, step_bytes, own_line)
+        flag, start, stride = plan(nt, t, ks, block, step_bytes)
         assert flag % PREFETCH_FLAG == 0 and 0 <= flag // PREFETCH_FLAG <= step_bytes // 64
         for k in range(ks):
             for line in range(flag // PREFETCH_FLAG):
@@ -32,8 +32,8 @@ def next_block_lines(ks, block):
     return list(range((block + ks * STEP_BYTES) // 64, (block + 2 * ks * STEP_BYTES) // 64))
 
 
-@pytest.mark.parametrize("nt", [1, 2, 3, 4, 7, 31, 32])
-@pytest.mark.parametrize("ks", [1, 5, 192, 256])
+@pytest.mark.parametrize("nt", [1, 2, 3, 4, 6, 7, 9, 31, 32, 72])  # AVX2: 3 sub-panels x 1-24 row tiles
+@pytest.mark.parametrize("ks", [1, 5, avx2.KC, avx512.KC, 256])
 def test_the_passes_prefetch_the_next_block_each_line_once(nt, ks):
     block = 3 * 192 * 256  # any block of a panel
     lines = prefetched_lines(common.prefetch_plan, nt, ks, block)
@@ -42,22 +42,10 @@ def test_the_passes_prefetch_the_next_block_each_line_once(nt, ks):
     assert set(lines.values()) == {1}, f"nt={nt} ks={ks}: a line prefetched twice"
 
 
-@pytest.mark.parametrize("nt", [1, 2, 3, 5, 11])
-def test_sub_panels_prefetch_their_own_line_ahead(nt):
-    """AVX2's items are 16-column sub-panels (64 of the 192 bytes of a k step): the first three passes of
-    each prefetch its own line of every k step, AHEAD_BYTES ahead of the step they compute."""
-    ks, block = 256, 5 * 192 * 256
-    for sub_panel in range(3):
-        lines = prefetched_lines(common.prefetch_plan, nt, ks, block, own_line=sub_panel)
-        own = [(block + sub_panel * 64 + common.AHEAD_BYTES + k * STEP_BYTES) // 64 for k in range(ks)]
-        assert sorted(lines) == own, f"sub-panel {sub_panel}: not its own lines, {common.AHEAD_BYTES} bytes ahead"
-        assert set(lines.values()) == {min(nt, 3)}
-
-
 def test_a_plan_that_misses_lines_is_caught():
     """Negative control: one line per k step in the first pass only covers a third of the next block."""
 
-    def first_pass_only(nt, t, ks, block, step_bytes, own_line):
+    def first_pass_only(nt, t, ks, block, step_bytes):
         return (PREFETCH_FLAG, block + ks * step_bytes, 64) if t == 0 else (0, 0, 0)
 
     lines = prefetched_lines(first_pass_only, 3, 192, 0)

@@ -18,6 +18,7 @@
     python -m tools.microbench rounded-ffn    # bf16 encode with and without the FFN's rounding store
     python -m tools.microbench bf16-rounding  # vcvtneps2bf16 against the integer rounding, by size
     python -m tools.microbench kernels-against --old /tmp/old   # attention, LayerNorm: old modules in turn
+    python -m tools.microbench products-against --old /tmp/old  # a tier's products: old module in turn
 
 Run on an idle machine; each prints its measurements.
 """
@@ -654,30 +655,94 @@ def bf16_rounding():
         print(f"{rows} x {k}: {line}")
 
 
+def _old_kernels(*names):
+    """The named modules of kernels/ from the --old checkout, loaded as copies under other names (old_NAME),
+    each importing the others' old copies (numba cannot reload its cache of such a module: a fresh place
+    each run); the last one is returned."""
+    import importlib.util
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    old_root = Path(_ARGS.old) / "refimpl" / "engines" / "fast" / "kernels"
+    copies = Path(tempfile.mkdtemp())
+    module = None
+    for name in names:
+        text = (old_root / (name + ".py")).read_text()
+        for other in names:
+            text = text.replace(f"from refimpl.engines.fast.kernels import {other} as", f"import old_{other} as")
+        (copies / f"old_{name}.py").write_text(text)
+        spec = importlib.util.spec_from_file_location("old_" + name, copies / f"old_{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["old_" + name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def products_against():
+    """The 72 products of 12 klue-shaped layers of distinct random weights (as a pass reads them: more
+    than the caches), at 1, 17 and 494 rows, in every mode, on one tier (``--tier``, default avx2):
+    this checkout's tier module and another checkout's (``--old``, with its common.py) in turn in one
+    process, nine rounds, medians; the outputs must be the same bits."""
+    from refimpl.engines.fast.kernels import avx2, avx512, cpu, matmul, threads
+
+    tier = _ARGS.tier or "avx2"
+    cpu.check_tier(tier)
+    threads.ensure_configured()
+    modules = {"old": _old_kernels("common", tier), "new": {"avx2": avx2, "avx512": avx512}[tier]}
+    rng = np.random.default_rng(0)
+    shapes = [(2304, 768, False), (768, 768, False), (3072, 768, True), (768, 3072, False)]
+    for mode in ("f32", "int8", "bf16"):
+        layers = [(matmul.pack(rng.standard_normal((n, k), np.float32) * 0.05, mode), np.zeros(n, np.float32), gelu)
+                  for _ in range(12) for n, k, gelu in shapes]  # fmt: skip
+        for rows in (1, 17, 494):
+            xs = {k: rng.standard_normal((rows, k)).astype(np.float32) for k in (768, 3072)}
+
+            def pass_of(module):
+                glue = module._glue
+                outs = [np.empty((rows, p.n), np.float32) for p, _, _ in layers]
+                inputs = []
+                for p, _, _ in layers:  # prepared once, outside the timing: the products alone
+                    if mode == "int8":
+                        inputs.append(glue.prepare_int8(xs[p.k], p.arrays["w"].shape[1] * 4)[1])
+                    elif mode == "bf16":
+                        inputs.append(glue.prepare_bf16(xs[p.k], p.arrays["w"].shape[1] * 2)[1])
+                    else:
+                        inputs.append(None)
+                linear = getattr(glue, "linear_" + mode)
+
+                def run():
+                    for (p, bias, gelu), out, prepared in zip(layers, outs, inputs):
+                        linear(xs[p.k], p.arrays, bias, gelu, out, True, prepared)
+
+                return run, outs
+
+            runs = {label: pass_of(module) for label, module in modules.items()}
+            times = {label: [] for label in runs}
+            for run, _ in runs.values():
+                run()
+            for _ in range(9):
+                for label, (run, _) in runs.items():
+                    start = time.perf_counter()
+                    run()
+                    times[label].append(time.perf_counter() - start)
+            same = all(np.array_equal(a, b) for a, b in zip(runs["old"][1], runs["new"][1]))
+            assert same, f"{mode}, {rows} rows: old and new products differ"
+            flops = sum(2 * rows * p.n * p.k for p, _, _ in layers)
+            median = {label: statistics.median(v) for label, v in times.items()}
+            print(f"{tier} {mode}, {rows} rows: "
+                  + ", ".join(f"{k} {m * 1e3:.2f} ms ({flops / m / 1e9:.0f} G/s)" for k, m in median.items())
+                  + f"; new / old {median['new'] / median['old']:.2f}", flush=True)  # fmt: skip
+
+
 def kernels_against():
     """Attention (32 and 128 sequences of 8-23 tokens, 12 heads of 64) and the LayerNorm after a bf16
     product (494 rows), this checkout's module and another checkout's (``--old``) in turn in one
     process; the outputs must be the same bits."""
-    import importlib.util
-    import shutil
-    import tempfile
-    from pathlib import Path
-
     from refimpl.engines.fast.kernels import attention, matmul, norms
 
-    old_root = Path(_ARGS.old) / "refimpl" / "engines" / "fast" / "kernels"
-
-    copies = Path(tempfile.mkdtemp())  # a fresh place each run: numba cannot reload its cache of such a module
-
-    def load(name):
-        shutil.copy(old_root / (name + ".py"), copies / ("old_" + name + ".py"))
-        spec = importlib.util.spec_from_file_location("old_" + name, copies / ("old_" + name + ".py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
     rng = np.random.default_rng(0)
-    old = {"attention": load("attention"), "norms": load("norms")}
+    old = {"attention": _old_kernels("attention"), "norms": _old_kernels("norms")}
     for sequences in (32, 128):
         lengths = rng.integers(8, 24, sequences)
         cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -745,14 +810,18 @@ def main():
         "rounded-ffn": rounded_ffn,
         "bf16-rounding": bf16_rounding,
         "kernels-against": kernels_against,
+        "products-against": products_against,
     }
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=sorted(commands))
-    parser.add_argument("--old", help="kernels-against: the other checkout (git worktree add /tmp/old REV)")
+    parser.add_argument(
+        "--old", help="kernels-against, products-against: another checkout (git worktree add /tmp/old REV)"
+    )
+    parser.add_argument("--tier", choices=("avx2", "avx512"), help="products-against: the tier (default avx2)")
     global _ARGS
     _ARGS = parser.parse_args()
-    if _ARGS.experiment == "kernels-against" and not _ARGS.old:
-        parser.error("kernels-against needs --old CHECKOUT")
+    if _ARGS.experiment in ("kernels-against", "products-against") and not _ARGS.old:
+        parser.error(f"{_ARGS.experiment} needs --old CHECKOUT")
     commands[_ARGS.experiment]()
 
 

@@ -1,7 +1,7 @@
 """AVX2 + FMA kernels (16 ymm registers).
 
 The packed weights are the same format as for AVX-512 (panels of 48
-columns); the AVX2 microkernels work on 16-column sub-panels of a panel
+columns); the AVX2 microkernels work on the 16-column sub-panels of a panel
 (B row stride 48), so one packed cache file serves every tier.
 
 Register tiles:
@@ -30,10 +30,13 @@ NRP = C.NRP  # 48: packed panel width
 NR = 16  # sub-panel width of the microkernels
 NSUB = NRP // NR
 MR_F32, MR_I8, MR_BF16 = 6, 4, 5
-# rows per work item (at most), passed by the glue; REFIMPL_KERNELS=avx2 python -m tools.product_rates
-# --cold --rows 1000 --mb 48 96 192: 96 no faster, 192 slower
-MB = 48
-KC = 256  # k steps per cache block
+# rows per work item (at most), passed by the glue, and k steps per cache block. On a Zen 4, against
+# 16-column items of 48 rows and 256 steps (python -m tools.microbench products-against --old CHECKOUT,
+# 12 layers of distinct weights): float32 0.66-0.92x the time at 1 and 17 rows, 0.75-0.78x at 494;
+# int8 and bf16 0.64-0.71x at 1 row, 0.79-0.93x at 17, 0.94-1.03x at 494. 96 and 256 rows per
+# item were no better at 494 and 983 rows; 128 steps beat 256, 192 and 64 at 17 rows.
+MB = 144
+KC = 128
 # the prepared inputs the drivers read (common.int8_input / bf16_input): q itself for the sign
 # trick, and bf16 numbers as float32 values for the emulation
 _INT8_INPUT = np.empty(0, np.int8)
@@ -43,38 +46,46 @@ TILES = {"f32": "%dx%d" % (MR_F32, NR), "int8": "%dx%d" % (MR_I8, NR), "bf16": "
 FEATURES = {"f32": ("avx2", "fma"), "int8": ("avx2",), "bf16": ("avx2", "fma")}
 
 STEP_BYTES = NRP * 4  # bytes of a panel per k step in every mode (48 float32, 48 x 4 int8, 48 x 2 bf16)
-# the first three tile passes over a block prefetch their sub-panel's line 16 KB ahead, into L1 (common.prefetch_plan)
-mk_f32 = make_microkernel("f32_avx2", MR_F32, NR, 1, 3)
-mk_i8 = make_microkernel("i8_avx2", MR_I8, NR, 1, 3)
-mk_bf16 = make_microkernel("bf16_emu", MR_BF16, NR, 1, 3)
+# the tile passes over a block prefetch the panel's next block into L2 between them (common.prefetch_plan),
+# planned as 3 x nt passes: at most one line per k step each (more spill the pointer registers). A last
+# panel with fewer than three sub-panels runs only its own passes and leaves the rest to the hardware.
+mk_f32 = make_microkernel("f32_avx2", MR_F32, NR, 1, 2)
+mk_i8 = make_microkernel("i8_avx2", MR_I8, NR, 1, 2)
+mk_bf16 = make_microkernel("bf16_emu", MR_BF16, NR, 1, 2)
 
 
 # ----------------------------------------------------------- work items
-# One work item = (row block of MB rows) x (16-column sub-panel of a 48-column panel).  The same
-# item function runs under ``prange`` (gemm_*) or a plain loop (gemm_*_serial,
+# One work item = (row block of MB rows) x (panel of 48 columns), as on AVX-512: its three 16-column
+# sub-panels take turns over each block of KC k steps, and their passes prefetch the panel's next block
+# into L2 between them (common.prefetch_plan), so a batch-1 product streams its weights while it
+# computes. The same item function runs under ``prange`` (gemm_*) or a plain loop (gemm_*_serial,
 # used for small products: no parallel-region wake-up, no second core needed).
+
+
+@njit(inline="always", cache=True)
+def _passes(N, p, nt):
+    """The item's tile passes per block: nt row tiles for each of panel p's sub-panels within N."""
+    return min(NSUB, (N - p * NRP + NR - 1) // NR) * nt
 
 
 @njit(inline="always", cache=True)
 def _item_f32(it, x, bp, bias, gelu, out, mb):
     M, K = x.shape
     N = out.shape[1]
-    NS = (N + NR - 1) // NR
-    blk = it // NS
-    sp = it - blk * NS
-    p = sp // NSUB
-    s = sp - p * NSUB
-    j0 = sp * NR
-    nc = min(NR, N - j0)
+    NP = bp.shape[0]
+    blk = it // NP
+    p = it - blk * NP
     r0 = blk * mb
     rows = min(mb, M - r0)
     nt = C.n_tiles(rows, MR_F32)
-    T = np.empty(nt * MR_F32 * NR, np.float32)
+    nq = _passes(N, p, nt)
+    T = np.empty(nq * MR_F32 * NR, np.float32)
     for k0 in range(0, K, KC):
         ks = min(KC, K - k0)
-        for t in range(nt):
+        for q in range(nq):
+            s, t = q // nt, q % nt
             off, mr = C.tile_rows(rows, nt, t)
-            lines, pf, pf_stride = C.prefetch_plan(nt, t, ks, C.block_byte(p, K, k0, STEP_BYTES), STEP_BYTES, s)
+            lines, pf, pf_stride = C.prefetch_plan(NSUB * nt, q, ks, C.block_byte(p, K, k0, STEP_BYTES), STEP_BYTES)
             mk_f32(
                 x,
                 (r0 + off) * K + k0,
@@ -84,37 +95,37 @@ def _item_f32(it, x, bp, bias, gelu, out, mb):
                 (p * K + k0) * NRP + s * NR,
                 NRP,
                 ks,
-                T[t * MR_F32 * NR : (t + 1) * MR_F32 * NR],
+                T[q * MR_F32 * NR : (q + 1) * MR_F32 * NR],
                 1 if k0 > 0 else 0,
                 pf,
                 pf_stride,
             )
-    for t in range(nt):
+    for q in range(nq):
+        s, t = q // nt, q % nt
         off, mr = C.tile_rows(rows, nt, t)
-        C.epi_f32(T[t * MR_F32 * NR : (t + 1) * MR_F32 * NR], NR, mr, nc, out, r0 + off, j0, bias, gelu)
+        j0 = p * NRP + s * NR
+        C.epi_f32(T[q * MR_F32 * NR : (q + 1) * MR_F32 * NR], NR, mr, min(NR, N - j0), out, r0 + off, j0, bias, gelu)
 
 
 @njit(inline="always", cache=True)
 def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb):
     M, Kp = qa.shape
     N = out.shape[1]
+    NP = bq.shape[0]
     KG = bq.shape[1]
-    NS = (N + NR - 1) // NR
-    blk = it // NS
-    sp = it - blk * NS
-    p = sp // NSUB
-    s = sp - p * NSUB
-    j0 = sp * NR
-    nc = min(NR, N - j0)
+    blk = it // NP
+    p = it - blk * NP
     r0 = blk * mb
     rows = min(mb, M - r0)
     nt = C.n_tiles(rows, MR_I8)
-    T = np.empty(nt * MR_I8 * NR, np.int32)
+    nq = _passes(N, p, nt)
+    T = np.empty(nq * MR_I8 * NR, np.int32)
     for k0 in range(0, KG, KC):
         ks = min(KC, KG - k0)
-        for t in range(nt):
+        for q in range(nq):
+            s, t = q // nt, q % nt
             off, mr = C.tile_rows(rows, nt, t)
-            lines, pf, pf_stride = C.prefetch_plan(nt, t, ks, C.block_byte(p, KG, k0, STEP_BYTES), STEP_BYTES, s)
+            lines, pf, pf_stride = C.prefetch_plan(NSUB * nt, q, ks, C.block_byte(p, KG, k0, STEP_BYTES), STEP_BYTES)
             mk_i8(
                 qa,
                 (r0 + off) * Kp + 4 * k0,
@@ -124,37 +135,38 @@ def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb):
                 (p * KG + k0) * NRP * 4 + s * NR * 4,
                 NRP * 4,
                 ks,
-                T[t * MR_I8 * NR : (t + 1) * MR_I8 * NR],
+                T[q * MR_I8 * NR : (q + 1) * MR_I8 * NR],
                 1 if k0 > 0 else 0,
                 pf,
                 pf_stride,
             )
-    for t in range(nt):
+    for q in range(nq):
+        s, t = q // nt, q % nt
         off, mr = C.tile_rows(rows, nt, t)
-        C.epi_i8(T[t * MR_I8 * NR : (t + 1) * MR_I8 * NR], NR, mr, nc, out, r0 + off, j0, bias, sx, sw, colsum, 0, gelu)
+        j0 = p * NRP + s * NR
+        tile = T[q * MR_I8 * NR : (q + 1) * MR_I8 * NR]
+        C.epi_i8(tile, NR, mr, min(NR, N - j0), out, r0 + off, j0, bias, sx, sw, colsum, 0, gelu)
 
 
 @njit(inline="always", cache=True)
 def _item_bf16(it, xa, bb, bias, gelu, out, mb, rounded):
     M, Kp2 = xa.shape
     N = bias.shape[0]  # out may be wider: the next product's padded input (rounded)
+    NP = bb.shape[0]
     KH = bb.shape[1]
-    NS = (N + NR - 1) // NR
-    blk = it // NS
-    sp = it - blk * NS
-    p = sp // NSUB
-    s = sp - p * NSUB
-    j0 = sp * NR
-    nc = min(NR, N - j0)
+    blk = it // NP
+    p = it - blk * NP
     r0 = blk * mb
     rows = min(mb, M - r0)
     nt = C.n_tiles(rows, MR_BF16)
-    T = np.empty(nt * MR_BF16 * NR, np.float32)
+    nq = _passes(N, p, nt)
+    T = np.empty(nq * MR_BF16 * NR, np.float32)
     for k0 in range(0, KH, KC):
         ks = min(KC, KH - k0)
-        for t in range(nt):
+        for q in range(nq):
+            s, t = q // nt, q % nt
             off, mr = C.tile_rows(rows, nt, t)
-            lines, pf, pf_stride = C.prefetch_plan(nt, t, ks, C.block_byte(p, KH, k0, STEP_BYTES), STEP_BYTES, s)
+            lines, pf, pf_stride = C.prefetch_plan(NSUB * nt, q, ks, C.block_byte(p, KH, k0, STEP_BYTES), STEP_BYTES)
             mk_bf16(
                 xa,
                 (r0 + off) * Kp2 + 2 * k0,
@@ -164,31 +176,34 @@ def _item_bf16(it, xa, bb, bias, gelu, out, mb, rounded):
                 (p * KH + k0) * NRP * 2 + s * NR * 2,
                 NRP * 2,
                 ks,
-                T[t * MR_BF16 * NR : (t + 1) * MR_BF16 * NR],
+                T[q * MR_BF16 * NR : (q + 1) * MR_BF16 * NR],
                 1 if k0 > 0 else 0,
                 pf,
                 pf_stride,
             )
-    for t in range(nt):
+    for q in range(nq):
+        s, t = q // nt, q % nt
         off, mr = C.tile_rows(rows, nt, t)
-        C.epi_bf16(T[t * MR_BF16 * NR : (t + 1) * MR_BF16 * NR], NR, mr, nc, out, r0 + off, j0, bias, gelu, rounded)
+        j0 = p * NRP + s * NR
+        tile = T[q * MR_BF16 * NR : (q + 1) * MR_BF16 * NR]
+        C.epi_bf16(tile, NR, mr, min(NR, N - j0), out, r0 + off, j0, bias, gelu, rounded)
 
 
 @njit(inline="always", cache=True)
-def _n_items(M, N, mb):
-    return ((M + mb - 1) // mb) * ((N + NR - 1) // NR)
+def _n_items(M, NP, mb):
+    return ((M + mb - 1) // mb) * NP
 
 
 @njit(parallel=True, cache=True)
 def gemm_f32(x, bp, bias, gelu, out, mb):
     """out = x @ W.T + bias (+GELU).  x [M,K] f32 C-contig, bp [NP,K,48]."""
-    for it in prange(_n_items(x.shape[0], out.shape[1], mb)):
+    for it in prange(_n_items(x.shape[0], bp.shape[0], mb)):
         _item_f32(it, x, bp, bias, gelu, out, mb)
 
 
 @njit(cache=True)
 def gemm_f32_serial(x, bp, bias, gelu, out, mb):
-    for it in range(_n_items(x.shape[0], out.shape[1], mb)):
+    for it in range(_n_items(x.shape[0], bp.shape[0], mb)):
         _item_f32(it, x, bp, bias, gelu, out, mb)
 
 
@@ -197,14 +212,14 @@ def gemm_int8(x, buf, prepare, bq, sw, colsum, bias, gelu, out, mb):
     """x [M,K] float32, quantised (int8 q) into ``buf`` first when ``prepare`` (else buf holds it:
     common.int8_activations); bq [NP,Kp/4,48,4] int8."""
     qa, sx = C.int8_input(x, buf, prepare, bq.shape[1] * 4, _INT8_INPUT, 0)
-    for it in prange(_n_items(x.shape[0], out.shape[1], mb)):
+    for it in prange(_n_items(x.shape[0], bq.shape[0], mb)):
         _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb)
 
 
 @njit(cache=True)
 def gemm_int8_serial(x, buf, prepare, bq, sw, colsum, bias, gelu, out, mb):
     qa, sx = C.int8_input(x, buf, prepare, bq.shape[1] * 4, _INT8_INPUT, 0)
-    for it in range(_n_items(x.shape[0], out.shape[1], mb)):
+    for it in range(_n_items(x.shape[0], bq.shape[0], mb)):
         _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb)
 
 
@@ -216,14 +231,14 @@ def gemm_bf16(x, buf, prepare, bb, bias, gelu, out, mb, rounded):
     input, out [M, kp2 >= N] of this tier's prepared dtype (float32 values; common.epi_bf16). numba
     compiles one specialisation per type, so the plain products never carry the rounding store."""
     xa = C.bf16_input(x, buf, prepare, bb.shape[1] * 2, _BF16_INPUT)
-    for it in prange(_n_items(x.shape[0], bias.shape[0], mb)):
+    for it in prange(_n_items(x.shape[0], bb.shape[0], mb)):
         _item_bf16(it, xa, bb, bias, gelu, out, mb, rounded)
 
 
 @njit(cache=True)
 def gemm_bf16_serial(x, buf, prepare, bb, bias, gelu, out, mb, rounded):
     xa = C.bf16_input(x, buf, prepare, bb.shape[1] * 2, _BF16_INPUT)
-    for it in range(_n_items(x.shape[0], bias.shape[0], mb)):
+    for it in range(_n_items(x.shape[0], bb.shape[0], mb)):
         _item_bf16(it, xa, bb, bias, gelu, out, mb, rounded)
 
 

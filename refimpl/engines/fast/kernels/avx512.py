@@ -72,7 +72,7 @@ def _item_f32(it, x, bp, bias, gelu, out, mb):
         ks = min(KC, K - k0)
         for t in range(nt):
             off, mr = C.tile_rows(rows, nt, t)
-            lines, pf, pf_stride = C.prefetch_plan(nt, t, ks, C.block_byte(p, K, k0, STEP_BYTES), STEP_BYTES, -1)
+            lines, pf, pf_stride = C.prefetch_plan(nt, t, ks, C.block_byte(p, K, k0, STEP_BYTES), STEP_BYTES)
             mk_f32(
                 x,
                 (r0 + off) * K + k0,
@@ -110,7 +110,7 @@ def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb):
         ks = min(KC, KG - k0)
         for t in range(nt):
             off, mr = C.tile_rows(rows, nt, t)
-            lines, pf, pf_stride = C.prefetch_plan(nt, t, ks, C.block_byte(p, KG, k0, STEP_BYTES), STEP_BYTES, -1)
+            lines, pf, pf_stride = C.prefetch_plan(nt, t, ks, C.block_byte(p, KG, k0, STEP_BYTES), STEP_BYTES)
             mk_i8(
                 qa,
                 (r0 + off) * Kp + 4 * k0,
@@ -148,7 +148,7 @@ def _item_bf16(it, xa, bb, bias, gelu, out, mb, rounded):
         ks = min(KC, KH - k0)
         for t in range(nt):
             off, mr = C.tile_rows(rows, nt, t)
-            lines, pf, pf_stride = C.prefetch_plan(nt, t, ks, C.block_byte(p, KH, k0, STEP_BYTES), STEP_BYTES, -1)
+            lines, pf, pf_stride = C.prefetch_plan(nt, t, ks, C.block_byte(p, KH, k0, STEP_BYTES), STEP_BYTES)
             mk_bf16(
                 xa,
                 (r0 + off) * Kp2 + 2 * k0,

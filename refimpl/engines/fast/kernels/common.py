@@ -488,9 +488,6 @@ def tile_rows(rows, nt, t):
     return extra * (base + 1) + (t - extra) * base, base
 
 
-AHEAD_BYTES = 16384  # AVX2: how far ahead of itself a pass prefetches its sub-panel's line
-
-
 @njit(inline="always", cache=True)
 def block_byte(panel, steps, k0, step_bytes):
     """Byte offset in a packed weight ([panels, steps, 48, ...], ``step_bytes`` per k step) of panel
@@ -499,33 +496,27 @@ def block_byte(panel, steps, k0, step_bytes):
 
 
 @njit(inline="always", cache=True)
-def prefetch_plan(nt, t, ks, block, step_bytes, own_line):
+def prefetch_plan(nt, t, ks, block, step_bytes):
     """What tile pass t of nt over a block of B (``ks`` k steps of ``step_bytes`` from byte ``block``)
-    prefetches -> (PREFETCH_FLAG x lines per k step, byte offset of the pass's first line, bytes per k
-    step), or (0, 0, 0).
+    prefetches into L2 -> (PREFETCH_FLAG x lines per k step, byte offset of the pass's first line, bytes
+    per k step), or (0, 0, 0).
 
-    AVX-512 (``own_line`` -1; into L2): the next block, which in the packed layout follows this one in
-    memory (the next k block of the panel, else the next panel's first) and, for the klue and MiniLM
-    shapes, is as long (KC = 192 divides them; elsewhere a short last block leaves part of the next
-    panel's first to the hardware prefetcher). The passes split it into contiguous parts of whole lines
-    per k step, in order: with 3 lines per step (192 bytes), all of it for one pass, two thirds and one
-    third for two, a third each for the first three of more. (A pass walking the whole block at the k
-    step's stride instead, each taking its share of every step's lines, was 10-15% slower in int8 and
-    bf16 at 16-17 rows, python -m tools.microbench overlap.)
-
-    AVX2 (``own_line`` = the 16-column sub-panel, 0-2; into L1): each sub-panel is its own work item and
-    its first three passes prefetch its own line of the k step 16 KB ahead, as before. Prefetching the
-    next block instead was no better there: one sub-panel prefetching it whole for the three made 1-8
-    rows 10-20% slower, and each its own lines made float32 1-6% slower and int8 3-4% faster
-    (REFIMPL_KERNELS=avx2 python -m tools.microbench overlap); at batch 1 the AVX2 tier is bound by its
-    arithmetic on this machine.
+    The next block, which in the packed layout follows this one in memory (the next k block of the
+    panel, else the next panel's first) and, for the klue and MiniLM shapes, is as long (the tiers' KC
+    divide them; elsewhere a short last block leaves part of the next panel's first to the hardware
+    prefetcher). The passes split it into contiguous parts of whole lines per k step, in order: with 3
+    lines per step (192 bytes), all of it for one pass, two thirds and one third for two, a third each
+    for the first three of more. On AVX2 the passes are the three 16-column sub-panels' row tiles in
+    turn. (A pass walking the whole block at the k step's stride instead, each taking its share of
+    every step's lines, was 10-15% slower in int8 and bf16 at 16-17 rows, python -m tools.microbench
+    overlap.)
 
     At batch 1 a product is as much memory as arithmetic. Before, every AVX-512 pass prefetched 16 KB
     ahead of itself into L1, so only the first pass's prefetches went to DRAM: it waited on memory and
     the later passes computed with the memory idle, and a 17-row product (three passes) took about the
-    sum of the two times (docs/performance.md, "Against the targets", has the measurements)."""
-    if own_line >= 0:
-        return (PREFETCH_FLAG, block + own_line * 64 + AHEAD_BYTES, step_bytes) if t < 3 else (0, 0, 0)
+    sum of the two times (docs/performance.md, "Against the targets", has the measurements). The AVX2
+    tier did the same until its items became whole panels (its 16-column items each prefetched their
+    own line 16 KB ahead)."""
     next_block = block + ks * step_bytes
     lines_per_step = step_bytes // 64
     first = (t * lines_per_step + nt - 1) // nt  # in lines per k step: this pass's part starts ks * first lines in
