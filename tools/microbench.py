@@ -19,6 +19,7 @@
     python -m tools.microbench bf16-rounding  # vcvtneps2bf16 against the integer rounding, by size
     python -m tools.microbench kernels-against --old /tmp/old   # attention, LayerNorm: old modules in turn
     python -m tools.microbench products-against --old /tmp/old  # a tier's products: old module in turn
+    python -m tools.microbench tile-alone     # each tier's float32 tile alone on one core, by k steps
 
 Run on an idle machine; each prints its measurements.
 """
@@ -655,6 +656,42 @@ def bf16_rounding():
         print(f"{rows} x {k}: {line}")
 
 
+def tile_alone():
+    """Each tier's float32 register tile alone on one core, its operands in L1 (the same rows of x and
+    block of weights again and again), by k steps per call: what the tile itself can do, without the
+    items, epilogues, caches or the second thread around it."""
+    from numba import njit
+
+    from refimpl.engines.fast.kernels import avx2, avx512, cpu
+
+    x = np.random.default_rng(0).random(8 * 1024).astype(np.float32)  # 8 rows of 1,024
+    weights = np.random.default_rng(1).random(1024 * 48).astype(np.float32)  # a panel of 1,024 k steps
+    tile = np.zeros(8 * 48, np.float32)
+    for module, name in ((avx2, "avx2"), (avx512, "avx512")):
+        if cpu.missing_features(name):
+            print(f"{name}: skipped, the CPU lacks {cpu.missing_features(name)}")
+            continue
+        mk, rows, columns = module.mk_f32, (avx2.MR_F32 if name == "avx2" else avx512.MR), module.NR
+
+        @njit
+        def calls(x, weights, tile, count, steps, mk=mk, rows=rows):
+            for _ in range(count):
+                mk(x, 0, 1024, rows, weights, 0, 48, steps, tile, 1, 0, 0)
+
+        for steps in (64, 128, 256, 1024):
+            count = 4_000_000 // (rows * columns * steps // 8)
+            calls(x, weights, tile, 10, steps)
+            best = min(_timed(lambda: calls(x, weights, tile, count, steps)) for _ in range(5))
+            print(f"{name} {rows} x {columns}, {steps} k steps per call: "
+                  f"{2 * rows * columns * steps * count / best / 1e9:.1f} GFLOP/s on one core")  # fmt: skip
+
+
+def _timed(work):
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
 def _old_kernels(*names):
     """The named modules of kernels/ from the --old checkout, loaded as copies under other names (old_NAME),
     each importing the others' old copies (numba cannot reload its cache of such a module: a fresh place
@@ -811,6 +848,7 @@ def main():
         "bf16-rounding": bf16_rounding,
         "kernels-against": kernels_against,
         "products-against": products_against,
+        "tile-alone": tile_alone,
     }
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=sorted(commands))

@@ -32,9 +32,9 @@ NSUB = NRP // NR
 MR_F32, MR_I8, MR_BF16 = 6, 4, 5
 # rows per work item (at most), passed by the glue, and k steps per cache block. On a Zen 4, against
 # 16-column items of 48 rows and 256 steps (python -m tools.microbench products-against --old CHECKOUT,
-# 12 layers of distinct weights): float32 0.66-0.92x the time at 1 and 17 rows, 0.75-0.78x at 494;
-# int8 and bf16 0.64-0.71x at 1 row, 0.79-0.93x at 17, 0.94-1.03x at 494. 96 and 256 rows per
-# item were no better at 494 and 983 rows; 128 steps beat 256, 192 and 64 at 17 rows.
+# 12 layers of distinct weights, two runs): float32 0.62-0.92x the time at 1 and 17 rows, 0.78-0.83x
+# at 494; int8 and bf16 0.62-0.72x at 1 row, 0.80-0.93x at 17, 0.98-1.04x at 494. In experiments
+# beside it, 96 and 256 rows per item were no better at 494 and 983 rows, nor 64, 192 or 256 steps.
 MB = 144
 KC = 128
 # the prepared inputs the drivers read (common.int8_input / bf16_input): q itself for the sign
