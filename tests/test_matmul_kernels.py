@@ -28,7 +28,7 @@ BIG = [
     (1, 1, 3072),
     (560, 100, 768),  # several work items of rows (avx512.MB = 256, avx2.MB = 144), the last one partial
     (300, 130, 1000),  # AVX2: a last panel of three sub-panels, the third of 2 columns; a short last k block
-    (300, 120, 200),  # AVX2: a last panel of two sub-panels (its plan's third pass skipped)
+    (300, 120, 200),  # AVX2: a last panel of two sub-panels (the third sub-panel's passes skipped)
     (257, 48, 96),
     (16, 2304, 768),  # batch 1 on the stacked QKV weight: two tiles, each prefetching its share of B
     (9, 768, 3072),

@@ -32,14 +32,25 @@ def next_block_lines(ks, block):
     return list(range((block + ks * STEP_BYTES) // 64, (block + 2 * ks * STEP_BYTES) // 64))
 
 
-@pytest.mark.parametrize("nt", [1, 2, 3, 4, 6, 7, 9, 31, 32, 72])  # AVX2: 3 sub-panels x 1-24 row tiles
-@pytest.mark.parametrize("ks", [1, 5, avx2.KC, avx512.KC, 256])
+@pytest.mark.parametrize("nt", [1, 2, 3, 4, 6, 7, 9, 31, 32, 72, 108])  # AVX2: 3 sub-panels x 1-36 row tiles
+@pytest.mark.parametrize("ks", sorted({1, 5, avx2.KC_F32, avx2.KC_I8, avx2.KC_BF16, avx512.KC, 256}))
 def test_the_passes_prefetch_the_next_block_each_line_once(nt, ks):
     block = 3 * 192 * 256  # any block of a panel
     lines = prefetched_lines(common.prefetch_plan, nt, ks, block)
     print(f"nt={nt} ks={ks}: {sum(lines.values())} prefetches for {len(next_block_lines(ks, block))} lines")
     assert sorted(lines) == next_block_lines(ks, block), f"nt={nt} ks={ks}: not exactly the next block's lines"
     assert set(lines.values()) == {1}, f"nt={nt} ks={ks}: a line prefetched twice"
+
+
+@pytest.mark.parametrize("tiles", range(1, 40))
+def test_avx2_passes_prefetch_at_most_one_line_per_step(tiles):
+    """The AVX2 microkernels are built for one prefetched line per k step (more spill their pointer
+    registers); a pass asked for more would stop the process (llvm.trap). The items plan for three
+    sub-panels' row tiles, 3 x tiles passes, whatever the last panel holds."""
+    for ks in (1, 96, 192):
+        for t in range(3 * tiles):
+            flag, _, _ = common.prefetch_plan(3 * tiles, t, ks, 0, STEP_BYTES)
+            assert flag // PREFETCH_FLAG <= 1, f"{tiles} tiles, pass {t}: {flag // PREFETCH_FLAG} lines"
 
 
 def test_a_plan_that_misses_lines_is_caught():

@@ -717,8 +717,9 @@ def _old_kernels(*names):
 
 
 def products_against():
-    """The 72 products of 12 klue-shaped layers of distinct random weights (as a pass reads them: more
-    than the caches), at 1, 17 and 494 rows, in every mode, on one tier (``--tier``, default avx2):
+    """The 48 products of 12 klue-shaped layers of distinct random weights (query, key and value stacked;
+    as a pass reads them: more than the caches), at 1, 17 and 494 rows, in every mode, on one tier
+    (``--tier``, default avx2), every product on both cores (the engine runs the smallest on one):
     this checkout's tier module and another checkout's (``--old``, with its common.py) in turn in one
     process, nine rounds, medians; the outputs must be the same bits."""
     from refimpl.engines.fast.kernels import avx2, avx512, cpu, matmul, threads

@@ -30,13 +30,19 @@ NRP = C.NRP  # 48: packed panel width
 NR = 16  # sub-panel width of the microkernels
 NSUB = NRP // NR
 MR_F32, MR_I8, MR_BF16 = 6, 4, 5
-# rows per work item (at most), passed by the glue, and k steps per cache block. On a Zen 4, against
-# 16-column items of 48 rows and 256 steps (python -m tools.microbench products-against --old CHECKOUT,
-# 12 layers of distinct weights, two runs): float32 0.62-0.92x the time at 1 and 17 rows, 0.78-0.83x
-# at 494; int8 and bf16 0.62-0.72x at 1 row, 0.80-0.93x at 17, 0.98-1.04x at 494. In experiments
-# beside it, 96 and 256 rows per item were no better at 494 and 983 rows, nor 64, 192 or 256 steps.
+# rows per work item (at most, but for bf16's whole 5-row tiles), passed by the glue, and k steps per
+# cache block per mode, each dividing the klue and MiniLM shapes' steps (768 and 3072 inputs: float32
+# 768/3072/384/1536 k, int8 192/768/96/384 groups, bf16 384/1536/192/768 pairs), so that every block
+# prefetches a next block as long as itself. On a Zen 4, against 16-column items of 48 rows and 256
+# steps (python -m tools.microbench products-against --old CHECKOUT, 12 layers of distinct weights,
+# two runs, with 128 steps in every mode): float32 0.62-0.92x the time at 1 and 17 rows, 0.78-0.83x at
+# 494; int8 and bf16 0.62-0.72x at 1 row, 0.80-0.93x at 17, 0.98-1.04x at 494. Beside that, in one
+# process (an edited copy of this module per value, one run per mode), at 17 rows 96 steps took 0.93x
+# the time of 128 and 0.96x of 192 in int8, 0.87x and 0.81x in float32, the same at 494; in bf16 96
+# took 1.10x the time of 128, 192 1.02x; 96 and 256 rows per item were no better than 144 at 494 and
+# 983 rows (python -m tools.product_rates --cold --rows R --mb 96 144 256).
 MB = 144
-KC = 128
+KC_F32, KC_I8, KC_BF16 = 96, 96, 192
 # the prepared inputs the drivers read (common.int8_input / bf16_input): q itself for the sign
 # trick, and bf16 numbers as float32 values for the emulation
 _INT8_INPUT = np.empty(0, np.int8)
@@ -56,7 +62,7 @@ mk_bf16 = make_microkernel("bf16_emu", MR_BF16, NR, 1, 2)
 
 # ----------------------------------------------------------- work items
 # One work item = (row block of MB rows) x (panel of 48 columns), as on AVX-512: its three 16-column
-# sub-panels take turns over each block of KC k steps, and their passes prefetch the panel's next block
+# sub-panels take turns over each block of k steps (KC_<mode>), and their passes prefetch the panel's next block
 # into L2 between them (common.prefetch_plan), so a batch-1 product streams its weights while it
 # computes. The same item function runs under ``prange`` (gemm_*) or a plain loop (gemm_*_serial,
 # used for small products: no parallel-region wake-up, no second core needed).
@@ -80,8 +86,8 @@ def _item_f32(it, x, bp, bias, gelu, out, mb):
     nt = C.n_tiles(rows, MR_F32)
     nq = _passes(N, p, nt)
     T = np.empty(nq * MR_F32 * NR, np.float32)
-    for k0 in range(0, K, KC):
-        ks = min(KC, K - k0)
+    for k0 in range(0, K, KC_F32):
+        ks = min(KC_F32, K - k0)
         for q in range(nq):
             s, t = q // nt, q % nt
             off, mr = C.tile_rows(rows, nt, t)
@@ -120,8 +126,8 @@ def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb):
     nt = C.n_tiles(rows, MR_I8)
     nq = _passes(N, p, nt)
     T = np.empty(nq * MR_I8 * NR, np.int32)
-    for k0 in range(0, KG, KC):
-        ks = min(KC, KG - k0)
+    for k0 in range(0, KG, KC_I8):
+        ks = min(KC_I8, KG - k0)
         for q in range(nq):
             s, t = q // nt, q % nt
             off, mr = C.tile_rows(rows, nt, t)
@@ -161,8 +167,8 @@ def _item_bf16(it, xa, bb, bias, gelu, out, mb, rounded):
     nt = C.n_tiles(rows, MR_BF16)
     nq = _passes(N, p, nt)
     T = np.empty(nq * MR_BF16 * NR, np.float32)
-    for k0 in range(0, KH, KC):
-        ks = min(KC, KH - k0)
+    for k0 in range(0, KH, KC_BF16):
+        ks = min(KC_BF16, KH - k0)
         for q in range(nq):
             s, t = q // nt, q % nt
             off, mr = C.tile_rows(rows, nt, t)

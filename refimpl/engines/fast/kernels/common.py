@@ -502,8 +502,8 @@ def prefetch_plan(nt, t, ks, block, step_bytes):
     per k step), or (0, 0, 0).
 
     The next block, which in the packed layout follows this one in memory (the next k block of the
-    panel, else the next panel's first) and, for the klue and MiniLM shapes, is as long (the tiers' KC
-    divide them; elsewhere a short last block leaves part of the next panel's first to the hardware
+    panel, else the next panel's first) and, for the klue and MiniLM shapes, is as long (the tiers'
+    blocks divide their steps; elsewhere a short last block leaves part of the next panel's first to the hardware
     prefetcher). The passes split it into contiguous parts of whole lines per k step, in order: with 3
     lines per step (192 bytes), all of it for one pass, two thirds and one third for two, a third each
     for the first three of more. On AVX2 the passes are the three 16-column sub-panels' row tiles in
