@@ -69,6 +69,14 @@ mk_bf16 = make_microkernel("bf16_emu", MR_BF16, NR, 1, 2)
 
 
 @njit(inline="always", cache=True)
+def _pass_at(q, nt, rows, p):
+    """Pass q of an item over panel p: (its sub-panel, its tile's first row and rows, its first output column)."""
+    s = q // nt
+    off, mr = C.tile_rows(rows, nt, q - s * nt)
+    return s, off, mr, p * NRP + s * NR
+
+
+@njit(inline="always", cache=True)
 def _passes(N, p, nt):
     """The item's tile passes per block: nt row tiles for each of panel p's sub-panels within N."""
     return min(NSUB, (N - p * NRP + NR - 1) // NR) * nt
@@ -89,8 +97,7 @@ def _item_f32(it, x, bp, bias, gelu, out, mb):
     for k0 in range(0, K, KC_F32):
         ks = min(KC_F32, K - k0)
         for q in range(nq):
-            s, t = q // nt, q % nt
-            off, mr = C.tile_rows(rows, nt, t)
+            s, off, mr, _ = _pass_at(q, nt, rows, p)
             lines, pf, pf_stride = C.prefetch_plan(NSUB * nt, q, ks, C.block_byte(p, K, k0, STEP_BYTES), STEP_BYTES)
             mk_f32(
                 x,
@@ -107,9 +114,7 @@ def _item_f32(it, x, bp, bias, gelu, out, mb):
                 pf_stride,
             )
     for q in range(nq):
-        s, t = q // nt, q % nt
-        off, mr = C.tile_rows(rows, nt, t)
-        j0 = p * NRP + s * NR
+        _, off, mr, j0 = _pass_at(q, nt, rows, p)
         C.epi_f32(T[q * MR_F32 * NR : (q + 1) * MR_F32 * NR], NR, mr, min(NR, N - j0), out, r0 + off, j0, bias, gelu)
 
 
@@ -129,8 +134,7 @@ def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb):
     for k0 in range(0, KG, KC_I8):
         ks = min(KC_I8, KG - k0)
         for q in range(nq):
-            s, t = q // nt, q % nt
-            off, mr = C.tile_rows(rows, nt, t)
+            s, off, mr, _ = _pass_at(q, nt, rows, p)
             lines, pf, pf_stride = C.prefetch_plan(NSUB * nt, q, ks, C.block_byte(p, KG, k0, STEP_BYTES), STEP_BYTES)
             mk_i8(
                 qa,
@@ -147,9 +151,7 @@ def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb):
                 pf_stride,
             )
     for q in range(nq):
-        s, t = q // nt, q % nt
-        off, mr = C.tile_rows(rows, nt, t)
-        j0 = p * NRP + s * NR
+        _, off, mr, j0 = _pass_at(q, nt, rows, p)
         tile = T[q * MR_I8 * NR : (q + 1) * MR_I8 * NR]
         C.epi_i8(tile, NR, mr, min(NR, N - j0), out, r0 + off, j0, bias, sx, sw, colsum, 0, gelu)
 
@@ -170,8 +172,7 @@ def _item_bf16(it, xa, bb, bias, gelu, out, mb, rounded):
     for k0 in range(0, KH, KC_BF16):
         ks = min(KC_BF16, KH - k0)
         for q in range(nq):
-            s, t = q // nt, q % nt
-            off, mr = C.tile_rows(rows, nt, t)
+            s, off, mr, _ = _pass_at(q, nt, rows, p)
             lines, pf, pf_stride = C.prefetch_plan(NSUB * nt, q, ks, C.block_byte(p, KH, k0, STEP_BYTES), STEP_BYTES)
             mk_bf16(
                 xa,
@@ -188,9 +189,7 @@ def _item_bf16(it, xa, bb, bias, gelu, out, mb, rounded):
                 pf_stride,
             )
     for q in range(nq):
-        s, t = q // nt, q % nt
-        off, mr = C.tile_rows(rows, nt, t)
-        j0 = p * NRP + s * NR
+        _, off, mr, j0 = _pass_at(q, nt, rows, p)
         tile = T[q * MR_BF16 * NR : (q + 1) * MR_BF16 * NR]
         C.epi_bf16(tile, NR, mr, min(NR, N - j0), out, r0 + off, j0, bias, gelu, rounded)
 
