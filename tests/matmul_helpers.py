@@ -10,9 +10,12 @@ from refimpl.engines.fast.kernels import cpu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
 
-SIMD_TIERS = ("avx512", "avx2")
-ALL_TIERS = ("avx512", "avx2", "blas")
+SIMD_TIERS = ("amx", "avx512", "avx2")
+ALL_TIERS = ("amx", "avx512", "avx2", "blas")
 MODES = ("f32", "int8", "bf16")
+# (tier, mode) pairs with a kernel of their own: the amx tier runs int8 on the tiles and the avx512
+# tier's kernels in float32 and bf16 (tested there)
+OWN_KERNELS = [(t, m) for t in SIMD_TIERS for m in MODES if t != "amx" or m == "int8"]
 
 
 def require_tier(tier):

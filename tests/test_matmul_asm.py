@@ -98,6 +98,27 @@ def test_hot_loops_no_spills(modname, mode, pat, extra, reg):
     assert any(not asmcheck.count(lp["instructions"], r"^prefetch") for lp in loops)
 
 
+def test_amx_hot_loop_is_tile_loads_and_tdpbusd():
+    """The AMX tier's k loop: per step one A and three B tile loads and three tdpbusd, nothing spilled,
+    no calls; the tiles are configured (ldtilecfg) and released (tilerelease) outside it."""
+    require_tier("amx")
+    from refimpl.engines.fast.kernels import amx
+
+    asm = _compiled_asm(amx, "int8")
+    loops = asmcheck.hot_loops(asm, r"tdpbusd")
+    print("\namx/int8:\n%s" % asmcheck.summary(asm, r"tdpbusd"))
+    assert loops, "no loop containing tdpbusd"
+    for lp in loops:
+        ins = lp["instructions"]
+        steps = asmcheck.count(ins, r"^tdpbusd")
+        assert steps and steps % 3 == 0
+        assert asmcheck.count(ins, r"^tileloadd") == steps // 3 * 4
+        assert not lp["spills"] and not any(i.startswith("call") for i in ins)
+        assert asmcheck.count(ins, r"^ldtilecfg") == 0
+    lines = asm.splitlines()
+    assert asmcheck.count(lines, r"ldtilecfg") >= 1 and asmcheck.count(lines, r"tilerelease") >= 1
+
+
 def test_epilogue_has_no_fma_contraction():
     """int8 dequantisation must be mul then add: no vfmadd in the store without GELU (GELU's own
     steps are explicit llvm.fma calls, and the store with GELU must contain them)."""

@@ -51,6 +51,26 @@ def test_select_descriptor_and_fallbacks():
         cpu.select("f16", "blas", NONE)
 
 
+def test_amx_tier_needs_the_features_and_linux_permission(monkeypatch):
+    """amx is usable only with amx-tile and amx-int8 *and* the tile state granted: without the grant
+    an AMX instruction kills the process, so a refused grant is a missing feature, named. It is
+    opt-in: never the best tier."""
+    amx = AVX2_ONLY | {"avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx512bf16", "amx-tile", "amx-int8"}
+    monkeypatch.setattr(cpu, "_AMX_PERMITTED", True)
+    assert cpu.check_tier("amx", amx) == "amx" and cpu.best_tier(amx) == "avx512"
+    c = cpu.select("int8", "amx", amx)
+    assert c.tier == "amx" and c.module.endswith(".amx") and "amx-int8" in c.features_used
+    for mode, algorithm in (("f32", "fma f32 zmm"), ("bf16", "vdpbf16ps")):  # the avx512 tier's kernels
+        c = cpu.select(mode, "amx", amx)
+        assert c.tier == "amx" and c.module.endswith(".avx512") and c.algorithm == algorithm
+    monkeypatch.setattr(cpu, "_AMX_PERMITTED", False)
+    assert cpu.best_tier(amx) == "avx512"
+    with pytest.raises(ValueError, match="arch_prctl ARCH_REQ_XCOMP_PERM"):
+        cpu.check_tier("amx", amx)
+    with pytest.raises(ValueError, match="amx-int8"):
+        cpu.check_tier("amx", amx - {"amx-int8"})
+
+
 def test_describe():
     s = cpu.describe()
     print(s)
@@ -86,3 +106,11 @@ def test_env_var_missing_tier_raises():
     )
     assert r.returncode == 0, r.stderr
     assert "ERR" in r.stdout and "avx512f" in r.stdout, r.stdout
+
+
+def test_env_var_amx_without_amx_raises():
+    """Forcing the amx tier where numba's target has no AMX is refused, naming the feature (never a SIGILL)."""
+    feats = "+avx,+avx2,+fma,+sse4.2,+avx512f,+avx512bw,+avx512vl,+avx512vnni"
+    r = _run({"REFIMPL_KERNELS": "amx", "NUMBA_CPU_NAME": "skylake-avx512", "NUMBA_CPU_FEATURES": feats}, REFUSAL)
+    assert r.returncode == 0, r.stderr
+    assert "ERR" in r.stdout and "amx-tile" in r.stdout, r.stdout

@@ -7,7 +7,7 @@ import pytest
 
 from refimpl.engines.fast.kernels import matmul as api
 from refimpl.engines.fast.kernels import reference as R
-from tests.matmul_helpers import MODES, SIMD_TIERS, assert_bit_equal, make_data, require_tier
+from tests.matmul_helpers import MODES, OWN_KERNELS, SIMD_TIERS, assert_bit_equal, make_data, require_tier
 
 M_EDGE = (1, 2, 5, 6, 7, 13, 17, 64, 100)
 N_EDGE = (1, 8, 15, 16, 17, 48)
@@ -29,6 +29,7 @@ BIG = [
     (560, 100, 768),  # several work items of rows (avx512.MB = 256, avx2.MB = 144), the last one partial
     (300, 130, 1000),  # AVX2: a last panel of three sub-panels, the third of 2 columns; a short last k block
     (300, 120, 200),  # AVX2: a last panel of two sub-panels (the third sub-panel's passes skipped)
+    (33, 96, 1000),  # AMX: 240 groups in full tile steps, then a short step of 10 loaded back
     (257, 48, 96),
     (16, 2304, 768),  # batch 1 on the stacked QKV weight: two tiles, each prefetching its share of B
     (9, 768, 3072),
@@ -48,8 +49,7 @@ def _check(mode, tier, M, N, K, gelu_=False, seed=0):
     return x, W, b, y
 
 
-@pytest.mark.parametrize("tier", SIMD_TIERS)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("tier,mode", OWN_KERNELS)
 def test_edge_grid_small_k(mode, tier):
     require_tier(tier)
     for M in M_EDGE:
@@ -58,15 +58,14 @@ def test_edge_grid_small_k(mode, tier):
                 _check(mode, tier, M, N, K)
 
 
-@pytest.mark.parametrize("tier", SIMD_TIERS)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("tier,mode", OWN_KERNELS)
 @pytest.mark.parametrize("M,N,K", BIG)
 def test_big_sizes(mode, tier, M, N, K):
     require_tier(tier)
     _check(mode, tier, M, N, K)
 
 
-@pytest.mark.parametrize("tier", SIMD_TIERS)
+@pytest.mark.parametrize("tier", ("avx512", "avx2"))
 @pytest.mark.parametrize("M", M_EDGE)
 def test_f32_tolerance_vs_float64(tier, M):
     """fp32: |y - y64| <= K * 2^-24 * (|x| @ |W|.T) + |b| * 2^-24 (sequential
@@ -94,6 +93,18 @@ def test_avx2_avx512_bit_identical(mode):
         a = api.linear(x, p, b, gelu=True, tier="avx512")
         c = api.linear(x, p, b, gelu=True, tier="avx2")
         assert_bit_equal(a, c, "%s avx512 vs avx2 %s" % (mode, (M, N, K)))
+
+
+def test_amx_int8_bit_identical_to_vnni_and_avx2():
+    """The tiles' int32 sums are the VNNI and sign-trick kernels' integers: the same bits, over row
+    counts around the 16-row tile and K with and without a short last step."""
+    require_tier("amx")
+    for M, N, K in ((1, 48, 64), (16, 768, 768), (17, 2304, 768), (100, 3072, 768), (33, 768, 3072), (21, 50, 324)):
+        x, W, b = make_data(M, N, K, seed=8)
+        p = api.pack(W, "int8")
+        a = api.linear(x, p, b, gelu=True, tier="amx")
+        for other in ("avx512", "avx2"):
+            assert_bit_equal(a, api.linear(x, p, b, gelu=True, tier=other), "int8 amx vs %s %s" % (other, (M, N, K)))
 
 
 @pytest.mark.parametrize("mode", ("int8", "bf16"))

@@ -2,6 +2,14 @@
 
 Tiers, best first:
 
+* ``"amx"``    -- opt-in only (``REFIMPL_KERNELS=amx``, never picked by ``best_tier``): the avx512
+  tier with int8 on AMX tiles (``amx.py``), bit-identical to it. Needs amx-tile + amx-int8 and
+  Linux's permission for the tile state (``amx_permitted``). float32 and bf16 run the avx512 tier's
+  kernels (AMX's bf16 does not round as vdpbf16ps: see ``amx.py``). Not the default because it
+  measured no faster yet: on a Sapphire Rapids-class Xeon (KVM, 2 cores) batch 1 took 15.3 ms
+  against the VNNI kernel's 12.2-13.3 (``REFIMPL_KERNELS=amx python -m tools.batch_one int8
+  --tokens 17``), and the 72 products of 494 rows ran at 518 GOPS against 497 (``python -m
+  tools.product_rates --modes int8 --cold``): each 16-row tile streams its panel of B again.
 * ``"avx512"`` -- needs avx512f + avx512bw + avx512vl (+ avx2, fma).
   int8 uses ``vpdpbusd`` when avx512vnni is present, otherwise the AVX2
   sign-trick kernel; bf16 uses ``vdpbf16ps`` when avx512bf16 is present,
@@ -9,7 +17,7 @@ Tiers, best first:
 * ``"avx2"``   -- needs avx2 + fma.
 * ``"blas"``   -- anything else: NumPy/BLAS fallback (``blas.py``).
 
-``REFIMPL_KERNELS=avx512|avx2|blas`` forces a tier.  Forcing a tier that the
+``REFIMPL_KERNELS=amx|avx512|avx2|blas`` forces a tier.  Forcing a tier that the
 CPU (or numba's code generator, see below) lacks raises ``ValueError`` naming
 the missing feature -- we never run an instruction the CPU does not have.
 
@@ -24,13 +32,14 @@ first call and ``select`` never hands out a module the CPU cannot run.)
 """
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-TIERS = ("avx512", "avx2", "blas")  # best first
+TIERS = ("amx", "avx512", "avx2", "blas")  # best first
 MODES = ("f32", "int8", "bf16")
 ENV_VAR = "REFIMPL_KERNELS"
 
-REQUIRED = {"avx512": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl"), "avx2": ("avx2", "fma"), "blas": ()}
+_AVX512 = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl")
+REQUIRED = {"amx": (*_AVX512, "amx-tile", "amx-int8"), "avx512": _AVX512, "avx2": ("avx2", "fma"), "blas": ()}
 
 # llvmlite spells these without underscore; /proc/cpuinfo with one.
 _ALIASES = {
@@ -40,6 +49,9 @@ _ALIASES = {
     "avx512_bitalg": "avx512bitalg",
     "avx512_vpopcntdq": "avx512vpopcntdq",
     "avx_vnni": "avxvnni",
+    "amx_tile": "amx-tile",
+    "amx_int8": "amx-int8",
+    "amx_bf16": "amx-bf16",
 }
 
 
@@ -90,13 +102,46 @@ def host_features(refresh=False):
     return _FEATURES_CACHE
 
 
+_ARCH_PRCTL = 158  # x86-64 syscall number
+_ARCH_REQ_XCOMP_PERM = 0x1023
+_XFEATURE_XTILEDATA = 18
+_AMX_PERMITTED = None
+
+
+def amx_permitted():
+    """Whether this process may use the AMX tile data: Linux (5.16+) grants it on request
+    (arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)), once per process, kept by fork, and an AMX
+    instruction without it kills the process (SIGILL). Asked once, on first use."""
+    global _AMX_PERMITTED
+    if _AMX_PERMITTED is None:
+        _AMX_PERMITTED = False
+        try:
+            import ctypes
+            import platform
+
+            if platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64"):
+                libc = ctypes.CDLL(None, use_errno=True)
+                _AMX_PERMITTED = libc.syscall(_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
+        except (OSError, AttributeError):  # pragma: no cover - no libc syscall
+            pass
+    return _AMX_PERMITTED
+
+
 def missing_features(tier, features=None):
     feats = host_features() if features is None else features
-    return [f for f in REQUIRED[tier] if f not in feats]
+    missing = [f for f in REQUIRED[tier] if f not in feats]
+    if tier == "amx" and not missing and not amx_permitted():
+        missing.append("amx-tile (the kernel refused the tile state: arch_prctl ARCH_REQ_XCOMP_PERM)")
+    return missing
+
+
+OPT_IN = ("amx",)  # usable when forced, never the default (see the module docstring)
 
 
 def best_tier(features=None):
     for t in TIERS:
+        if t in OPT_IN:
+            continue
         if not missing_features(t, features):
             return t
     return "blas"
@@ -130,7 +175,7 @@ class KernelChoice:
 
     mode: str
     tier: str
-    module: str  # the kernel module: refimpl.engines.fast.kernels.avx512, .avx2 or .blas
+    module: str  # the kernel module: refimpl.engines.fast.kernels.amx, .avx512, .avx2 or .blas
     algorithm: str  # human-readable kernel name
     features_used: tuple = field(default_factory=tuple)
     tile: str = ""  # MRxNR register tile
@@ -175,6 +220,13 @@ def select(mode, tier=None, features=None):
         from refimpl.engines.fast.kernels import avx2
 
         return KernelChoice(mode, t, pkg + ".avx2", alg, used, avx2.TILES[mode])
+    if t == "amx":
+        if mode != "int8":  # float32 and bf16 as on the avx512 tier
+            return replace(select(mode, "avx512", feats), tier=t)
+        from refimpl.engines.fast.kernels import amx
+
+        alg = "tdpbusd tiles (u8=a+128, -128*colsum)"
+        return KernelChoice(mode, t, pkg + ".amx", alg, amx.FEATURES["int8"], amx.TILES["int8"])
     # avx512 tier
     from refimpl.engines.fast.kernels import avx2, avx512
 
@@ -215,7 +267,9 @@ def describe(tier=None):
         nb, tgt = "numba ?", ""
     feats = host_features()
     interesting = [
-        f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx512bf16") if f in feats
+        f
+        for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx512bf16", "amx-tile", "amx-int8")
+        if f in feats
     ]
     lines = ["kernels: host=%s; %s; %s" % (llb.get_host_cpu_name(), tgt, nb), "features: " + " ".join(interesting)]
     try:
