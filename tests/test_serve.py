@@ -512,8 +512,11 @@ def test_sigterm_with_requests_in_flight(model_dir, model):
     server = Server(model_dir, "--debug-forward-delay", "0.15", "--max-batch-tokens", "32", "--shutdown-timeout", "20")
     try:
         batches = [[f"in flight {i}", f"second {i}"] for i in range(6)]
+        received = metric(server, "te_request_count")
         threads = [_in_background(post, server, "/embed", {"inputs": b}) for b in batches]
-        time.sleep(0.2)
+        deadline = time.monotonic() + 10  # every request received before the signal (0.2 s was not always enough)
+        while metric(server, "te_request_count") - received < len(batches) and time.monotonic() < deadline:
+            time.sleep(0.02)
         server.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         try:

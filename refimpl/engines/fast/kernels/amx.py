@@ -20,6 +20,9 @@ rows) x (a 48-column panel), as on AVX-512; its rows run in tiles of at most 16,
 configuration (``ldtilecfg``) zeroes the tiles, so the short step runs first and the long steps load
 its sums back. Integer sums do not depend on the order.
 
+Linux's grant of the tile state is asked by ``cpu.amx_permitted`` when ``cpu.select`` checks the tier,
+before this module is handed out (no import of ``cpu`` here: ``cpu`` imports this module).
+
 The explicit-register intrinsics (``llvm.x86.tileloadd64`` and friends, as clang's ``_tile_*`` macros
 emit) take the tile number as an immediate: one numba intrinsic per (instruction, tiles) below.
 """
@@ -33,9 +36,6 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from refimpl.engines.fast.kernels import common as C
-from refimpl.engines.fast.kernels.cpu import amx_permitted
-
-amx_permitted()  # before any thread runs a tile instruction (cpu.select asks too, and refuses without it)
 
 NR = 48
 MR = 16  # rows of a tile
