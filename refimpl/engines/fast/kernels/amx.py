@@ -188,12 +188,9 @@ def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb):
     N = out.shape[1]
     NP = bq.shape[0]
     KG = bq.shape[1]
-    blk = it // NP
-    p = it - blk * NP
+    p, r0, rows = C.work_item(it, NP, mb, M)
     j0 = p * NR
     nc = min(NR, N - j0)
-    r0 = blk * mb
-    rows = min(mb, M - r0)
     nt = C.n_tiles(rows, MR)
     T = np.empty(MR * NR, np.int32)
     cfg = np.empty(64, np.uint8)
@@ -204,23 +201,18 @@ def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb):
     release()
 
 
-@njit(inline="always", cache=True)
-def _n_items(M, NP, mb):
-    return ((M + mb - 1) // mb) * NP
-
-
 @njit(parallel=True, cache=True)
 def gemm_int8(x, buf, prepare, bq, sw, colsum, bias, gelu, out, mb):
     """As avx512.gemm_int8 (same arguments, same bits), on the tiles."""
     qa, sx = C.int8_input(x, buf, prepare, bq.shape[1] * 4, _INT8_INPUT, 128)
-    for it in prange(_n_items(x.shape[0], bq.shape[0], mb)):
+    for it in prange(C.n_items(x.shape[0], bq.shape[0], mb)):
         _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb)
 
 
 @njit(cache=True)
 def gemm_int8_serial(x, buf, prepare, bq, sw, colsum, bias, gelu, out, mb):
     qa, sx = C.int8_input(x, buf, prepare, bq.shape[1] * 4, _INT8_INPUT, 128)
-    for it in range(_n_items(x.shape[0], bq.shape[0], mb)):
+    for it in range(C.n_items(x.shape[0], bq.shape[0], mb)):
         _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb)
 
 

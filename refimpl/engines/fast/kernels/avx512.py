@@ -60,12 +60,9 @@ def _item_f32(it, x, bp, bias, gelu, out, mb):
     M, K = x.shape
     N = out.shape[1]
     NP = bp.shape[0]
-    blk = it // NP
-    p = it - blk * NP
+    p, r0, rows = C.work_item(it, NP, mb, M)
     j0 = p * NR
     nc = min(NR, N - j0)
-    r0 = blk * mb
-    rows = min(mb, M - r0)
     nt = C.n_tiles(rows, MR)
     T = np.empty(nt * MR * NR, np.float32)
     for k0 in range(0, K, KC):
@@ -98,12 +95,9 @@ def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb):
     N = out.shape[1]
     NP = bq.shape[0]
     KG = bq.shape[1]
-    blk = it // NP
-    p = it - blk * NP
+    p, r0, rows = C.work_item(it, NP, mb, M)
     j0 = p * NR
     nc = min(NR, N - j0)
-    r0 = blk * mb
-    rows = min(mb, M - r0)
     nt = C.n_tiles(rows, MR)
     T = np.empty(nt * MR * NR, np.int32)
     for k0 in range(0, KG, KC):
@@ -136,12 +130,9 @@ def _item_bf16(it, xa, bb, bias, gelu, out, mb, rounded):
     N = bias.shape[0]  # out may be wider: the next product's padded input (rounded)
     NP = bb.shape[0]
     KH = bb.shape[1]
-    blk = it // NP
-    p = it - blk * NP
+    p, r0, rows = C.work_item(it, NP, mb, M)
     j0 = p * NR
     nc = min(NR, N - j0)
-    r0 = blk * mb
-    rows = min(mb, M - r0)
     nt = C.n_tiles(rows, MR)
     T = np.empty(nt * MR * NR, np.float32)
     for k0 in range(0, KH, KC):
@@ -168,21 +159,16 @@ def _item_bf16(it, xa, bb, bias, gelu, out, mb, rounded):
         C.epi_bf16(T[t * MR * NR : (t + 1) * MR * NR], NR, mr, nc, out, r0 + off, j0, bias, gelu, rounded)
 
 
-@njit(inline="always", cache=True)
-def _n_items(M, NP, mb):
-    return ((M + mb - 1) // mb) * NP
-
-
 @njit(parallel=True, cache=True)
 def gemm_f32(x, bp, bias, gelu, out, mb):
     """out = x @ W.T + bias (+GELU).  x [M,K] f32 C-contig, bp [NP,K,48]."""
-    for it in prange(_n_items(x.shape[0], bp.shape[0], mb)):
+    for it in prange(C.n_items(x.shape[0], bp.shape[0], mb)):
         _item_f32(it, x, bp, bias, gelu, out, mb)
 
 
 @njit(cache=True)
 def gemm_f32_serial(x, bp, bias, gelu, out, mb):
-    for it in range(_n_items(x.shape[0], bp.shape[0], mb)):
+    for it in range(C.n_items(x.shape[0], bp.shape[0], mb)):
         _item_f32(it, x, bp, bias, gelu, out, mb)
 
 
@@ -191,14 +177,14 @@ def gemm_int8(x, buf, prepare, bq, sw, colsum, bias, gelu, out, mb):
     """x [M,K] float32, quantised (u8 = q+128) into ``buf`` first when ``prepare`` (else buf holds it:
     common.int8_activations); bq [NP,Kp/4,48,4] int8."""
     qa, sx = C.int8_input(x, buf, prepare, bq.shape[1] * 4, _INT8_INPUT, 128)
-    for it in prange(_n_items(x.shape[0], bq.shape[0], mb)):
+    for it in prange(C.n_items(x.shape[0], bq.shape[0], mb)):
         _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb)
 
 
 @njit(cache=True)
 def gemm_int8_serial(x, buf, prepare, bq, sw, colsum, bias, gelu, out, mb):
     qa, sx = C.int8_input(x, buf, prepare, bq.shape[1] * 4, _INT8_INPUT, 128)
-    for it in range(_n_items(x.shape[0], bq.shape[0], mb)):
+    for it in range(C.n_items(x.shape[0], bq.shape[0], mb)):
         _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb)
 
 
@@ -209,14 +195,14 @@ def gemm_bf16(x, buf, prepare, bb, bias, gelu, out, mb, rounded):
     input, out [M, kp2 >= N] of this tier's prepared dtype (uint16 bits; common.epi_bf16). numba
     compiles one specialisation per type, so the plain products never carry the rounding store."""
     xa = C.bf16_input(x, buf, prepare, bb.shape[1] * 2, _BF16_INPUT)
-    for it in prange(_n_items(x.shape[0], bb.shape[0], mb)):
+    for it in prange(C.n_items(x.shape[0], bb.shape[0], mb)):
         _item_bf16(it, xa, bb, bias, gelu, out, mb, rounded)
 
 
 @njit(cache=True)
 def gemm_bf16_serial(x, buf, prepare, bb, bias, gelu, out, mb, rounded):
     xa = C.bf16_input(x, buf, prepare, bb.shape[1] * 2, _BF16_INPUT)
-    for it in range(_n_items(x.shape[0], bb.shape[0], mb)):
+    for it in range(C.n_items(x.shape[0], bb.shape[0], mb)):
         _item_bf16(it, xa, bb, bias, gelu, out, mb, rounded)
 
 

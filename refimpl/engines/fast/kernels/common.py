@@ -478,6 +478,20 @@ def block_rows(rows, most, multiple):
 
 
 @njit(inline="always", cache=True)
+def n_items(M, NP, mb):
+    """Work items of an [M, .] x [., NP panels] product: (blocks of mb rows) x panels."""
+    return ((M + mb - 1) // mb) * NP
+
+
+@njit(inline="always", cache=True)
+def work_item(it, NP, mb, M):
+    """(panel, first row, rows) of work item ``it``: items run panel by panel within a block of rows."""
+    blk = it // NP
+    r0 = blk * mb
+    return it - blk * NP, r0, min(mb, M - r0)
+
+
+@njit(inline="always", cache=True)
 def tile_rows(rows, nt, t):
     """Balanced split of ``rows`` into ``nt`` tiles; returns (first row offset, rows) of tile t.
     (Any split gives identical results: each output element is one sequential k-chain.)"""

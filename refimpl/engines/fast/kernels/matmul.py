@@ -215,7 +215,7 @@ def linear(x, packed, bias=None, gelu=False, out=None, tier=None, parallel=None,
                None (only its shape would be read)
     bias     : [out] float32 or None
     out      : optional preallocated [M, out] float32 C-contiguous array
-    tier     : force 'avx512' | 'avx2' | 'blas' (default: $REFIMPL_KERNELS or best)
+    tier     : force 'amx' | 'avx512' | 'avx2' | 'blas' (default: $REFIMPL_KERNELS or best)
     parallel : None = auto (serial below SERIAL_FLOPS), True/False to force.
                The result bits never depend on it.
     activations : x already prepared by ``activations(x, packed-of-the-same-mode-and-in)`` or by
