@@ -231,7 +231,7 @@ def test_products_prepare_their_input_into_the_scratch(mode, tier, parallel, row
         api.linear(x, p, b, tier=tier, scratch=np.empty(10, np.uint8))
 
 
-@pytest.mark.parametrize("tier", ("avx512", "avx2"))
+@pytest.mark.parametrize("tier", ("amx", "avx512", "avx2"))
 @pytest.mark.parametrize("parallel", (False, True))
 @pytest.mark.parametrize("rows,n", ((3, 101), (17, 96), (1000, 50)))  # 1000 x 70: x rounded first by the glue
 @pytest.mark.parametrize("gelu", (False, True))

@@ -98,25 +98,29 @@ def test_hot_loops_no_spills(modname, mode, pat, extra, reg):
     assert any(not asmcheck.count(lp["instructions"], r"^prefetch") for lp in loops)
 
 
-def test_amx_hot_loop_is_tile_loads_and_tdpbusd():
-    """The AMX tier's k loop: per step one A and three B tile loads and three tdpbusd, nothing spilled,
-    no calls; the tiles are configured (ldtilecfg) and released (tilerelease) outside it."""
+@pytest.mark.parametrize("mode,dot", (("int8", "tdpbusd"), ("bf16", "tdpbf16ps")))
+def test_amx_hot_loop_is_tile_loads_and_tile_dots(mode, dot):
+    """The AMX tier's k loop: per step one A and three B tile loads and three tdpbusd (tdpbf16ps),
+    nothing spilled, no calls; the tiles are configured (ldtilecfg) and released (tilerelease) outside it."""
     require_tier("amx")
-    from refimpl.engines.fast.kernels import amx
+    from refimpl.engines.fast.kernels import amx, cpu
 
-    asm = _compiled_asm(amx, "int8")
-    loops = asmcheck.hot_loops(asm, r"tdpbusd")
-    print("\namx/int8:\n%s" % asmcheck.summary(asm, r"tdpbusd"))
-    assert loops, "no loop containing tdpbusd"
+    if cpu.select(mode, "amx").module != amx.__name__:
+        pytest.skip("CPU lacks amx-bf16: the amx tier runs bf16 on vdpbf16ps")
+    asm = _compiled_asm(amx, mode)
+    loops = asmcheck.hot_loops(asm, dot)
+    print("\namx/%s:\n%s" % (mode, asmcheck.summary(asm, dot)))
+    assert loops, "no loop containing " + dot
     for lp in loops:
         ins = lp["instructions"]
-        steps = asmcheck.count(ins, r"^tdpbusd")
+        steps = asmcheck.count(ins, "^" + dot)
         assert steps and steps % 3 == 0
         assert asmcheck.count(ins, r"^tileloadd") == steps // 3 * 4
         assert not lp["spills"] and not any(i.startswith("call") for i in ins)
         assert asmcheck.count(ins, r"^ldtilecfg") == 0
     lines = asm.splitlines()
     assert asmcheck.count(lines, r"ldtilecfg") >= 1 and asmcheck.count(lines, r"tilerelease") >= 1
+    assert asmcheck.count(lines, r"prefetcht1") >= 1  # the next block of B, into L2
 
 
 def test_epilogue_has_no_fma_contraction():

@@ -10,7 +10,7 @@ from refimpl.engines.fast.kernels import matmul as api
 from tests.matmul_helpers import MODES, assert_bit_equal, make_data, require_tier
 
 
-@pytest.mark.parametrize("tier", ("avx512", "avx2", "blas"))
+@pytest.mark.parametrize("tier", ("amx", "avx512", "avx2", "blas"))
 @pytest.mark.parametrize("mode", MODES)
 def test_rows_alone_vs_batched(mode, tier):
     require_tier(tier)
@@ -49,7 +49,7 @@ def test_rows_alone_vs_batched(mode, tier):
     )
 
 
-@pytest.mark.parametrize("tier", ("avx512", "avx2"))
+@pytest.mark.parametrize("tier", ("amx", "avx512", "avx2"))
 @pytest.mark.parametrize("mode", MODES)
 def test_threads_and_scheduling(mode, tier):
     require_tier(tier)

@@ -53,16 +53,18 @@ def test_select_descriptor_and_fallbacks():
 
 def test_amx_tier_needs_the_features_and_linux_permission(monkeypatch):
     """amx is usable only with amx-tile and amx-int8 *and* the tile state granted: without the grant
-    an AMX instruction kills the process, so a refused grant is a missing feature, named. It is
-    opt-in: never the best tier."""
+    an AMX instruction kills the process, so a refused grant is a missing feature, named, and the
+    best tier is then avx512. bf16 runs on the tiles only with amx-bf16."""
     amx = AVX2_ONLY | {"avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx512bf16", "amx-tile", "amx-int8"}
     monkeypatch.setattr(cpu, "_AMX_PERMITTED", True)
-    assert cpu.check_tier("amx", amx) == "amx" and cpu.best_tier(amx) == "avx512"
+    assert cpu.check_tier("amx", amx) == "amx" and cpu.best_tier(amx) == "amx"
     c = cpu.select("int8", "amx", amx)
     assert c.tier == "amx" and c.module.endswith(".amx") and "amx-int8" in c.features_used
     for mode, algorithm in (("f32", "fma f32 zmm"), ("bf16", "vdpbf16ps")):  # the avx512 tier's kernels
         c = cpu.select(mode, "amx", amx)
         assert c.tier == "amx" and c.module.endswith(".avx512") and c.algorithm == algorithm
+    c = cpu.select("bf16", "amx", amx | {"amx-bf16"})
+    assert c.module.endswith(".amx") and c.algorithm == "tdpbf16ps tiles" and "amx-bf16" in c.features_used
     monkeypatch.setattr(cpu, "_AMX_PERMITTED", False)
     assert cpu.best_tier(amx) == "avx512"
     with pytest.raises(ValueError, match="arch_prctl ARCH_REQ_XCOMP_PERM"):

@@ -95,6 +95,55 @@ def test_avx2_avx512_bit_identical(mode):
         assert_bit_equal(a, c, "%s avx512 vs avx2 %s" % (mode, (M, N, K)))
 
 
+def _bf16_error_ratio(x, W, b, y):
+    """max |y - exact| / bound over the elements, where exact is the float64 sum of the bf16 numbers the
+    kernels multiply and bound = (K + 2) 2^-24 (|x| @ |W|^T + |b|) + K 2^-126: a float32 rounding per k
+    and the bias, and each product or sum below 2^-126 flushed to zero."""
+    xb, wb = R.bf16_round(x).astype(np.float64), R.bf16_round(W).astype(np.float64)
+    K = x.shape[1]
+    exact = xb @ wb.T + b
+    bound = (K + 2) * 2.0**-24 * (np.abs(xb) @ np.abs(wb).T + np.abs(b)) + K * 2.0**-126
+    return (np.abs(y - exact) / bound).max(), np.abs(y - exact).max()
+
+
+def test_amx_bf16_within_the_summation_bound():
+    """tdpbf16ps does not round as vdpbf16ps (see amx.py), so its products are held to the float32
+    summation bound of the exact sum of the same bf16 numbers, over the edge grid, the big sizes and
+    rows with huge, tiny and denormal values; so is the reference (vdpbf16ps's order), for scale.
+    A kernel summing a k step twice or dropping one fails it."""
+    require_tier("amx")
+    from refimpl.engines.fast.kernels import cpu
+
+    if cpu.select("bf16", "amx").module.rsplit(".", 1)[1] != "amx":
+        pytest.skip("CPU lacks amx-bf16: the amx tier runs bf16 on vdpbf16ps")
+    shapes = [(M, N, K) for M in M_EDGE for N in N_EDGE for K in K_SMALL] + BIG
+    worst = {"amx": (0.0, 0.0), "reference": (0.0, 0.0)}
+    for M, N, K in shapes:
+        for special in (False, True):
+            x, W, b = make_data(M, N, K, seed=12)
+            if special:
+                x[0] = 0
+                x[M // 2] *= 2.0**-60  # products ~2^-130: denormal sums, flushed
+                x[M - 1] *= 1e30
+                W[N // 2] *= 2.0**-66
+            p = api.pack(W, "bf16")
+            y = api.linear(x, p, b, tier="amx")
+            for name, got in (("amx", y), ("reference", _ref("bf16", x, W, b))):
+                ratio, diff = _bf16_error_ratio(x, W, b, got)
+                assert ratio <= 1.0, "bf16/%s M=%d N=%d K=%d special=%s: error %.3g of the bound" % (
+                    name, M, N, K, special, ratio)  # fmt: skip
+                worst[name] = max(worst[name], (ratio, diff))
+        if M * N * K >= 17 * 768 * 768:  # and it is a different rounding, not the same bits by chance
+            assert not np.array_equal(y, _ref("bf16", x, W, b))
+    for name, (ratio, diff) in worst.items():
+        print("bf16/%s: worst error %.3f of the bound (max |diff| %.3g)" % (name, ratio, diff))
+    x, W, b = make_data(17, 768, 768, seed=12)
+    broken = W.copy()
+    broken[:, 700] *= 2.0  # one k step summed twice
+    ratio, _ = _bf16_error_ratio(x, W, b, api.linear(x, api.pack(broken, "bf16"), b, tier="amx"))
+    assert ratio > 1.0
+
+
 def test_amx_int8_bit_identical_to_vnni_and_avx2():
     """The tiles' int32 sums are the VNNI and sign-trick kernels' integers: the same bits, over row
     counts around the 16-row tile and K with and without a short last step."""
@@ -131,8 +180,7 @@ def test_gelu_epilogue_is_gelu_of_output(mode, tier):
     assert_bit_equal(g, R.gelu_f32(y), "gelu %s/%s" % (mode, tier))
 
 
-@pytest.mark.parametrize("tier", SIMD_TIERS)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("tier,mode", OWN_KERNELS)
 def test_special_rows(mode, tier):
     """zero rows (int8 scale 0), huge/tiny magnitudes, denormal-producing bf16."""
     require_tier(tier)

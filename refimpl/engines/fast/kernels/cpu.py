@@ -2,14 +2,14 @@
 
 Tiers, best first:
 
-* ``"amx"``    -- opt-in only (``REFIMPL_KERNELS=amx``, never picked by ``best_tier``): the avx512
-  tier with int8 on AMX tiles (``amx.py``), bit-identical to it. Needs amx-tile + amx-int8 and
-  Linux's permission for the tile state (``amx_permitted``). float32 and bf16 run the avx512 tier's
-  kernels (AMX's bf16 does not round as vdpbf16ps: see ``amx.py``). Not the default because it
-  measured no faster yet: on a Sapphire Rapids-class Xeon (KVM, 2 cores) batch 1 took 15.3 ms
-  against the VNNI kernel's 12.2-13.3 (``REFIMPL_KERNELS=amx python -m tools.batch_one int8
-  --tokens 17``), and the 72 products of 494 rows ran at 518 GOPS against 497 (``python -m
-  tools.product_rates --modes int8 --cold``): each 16-row tile streams its panel of B again.
+* ``"amx"``    -- the avx512 tier with int8 and bf16 on AMX tiles (``amx.py``). Needs amx-tile +
+  amx-int8 (bf16 also amx-bf16, else it stays on vdpbf16ps) and Linux's permission for the tile
+  state (``amx_permitted``). int8 is bit-identical to every other tier; bf16 is not (the tile unit
+  rounds its sums otherwise than vdpbf16ps: ``amx.py``), and ``REFIMPL_KERNELS=avx512`` gives the
+  bits of the other tiers. float32 runs the avx512 tier's kernels. Measured on a Sapphire
+  Rapids-class Xeon (KVM, 2 cores; ``REFIMPL_KERNELS=avx512|amx python -m tools.product_rates
+  --modes int8 bf16 --cold``): the 72 products of 494 rows ran at 987-1,050 GOPS in int8 against
+  the VNNI kernel's 770, and at 697-756 GFLOP/s in bf16 against vdpbf16ps's 186.
 * ``"avx512"`` -- needs avx512f + avx512bw + avx512vl (+ avx2, fma).
   int8 uses ``vpdpbusd`` when avx512vnni is present, otherwise the AVX2
   sign-trick kernel; bf16 uses ``vdpbf16ps`` when avx512bf16 is present,
@@ -135,13 +135,8 @@ def missing_features(tier, features=None):
     return missing
 
 
-OPT_IN = ("amx",)  # usable when forced, never the default (see the module docstring)
-
-
 def best_tier(features=None):
     for t in TIERS:
-        if t in OPT_IN:
-            continue
         if not missing_features(t, features):
             return t
     return "blas"
@@ -221,12 +216,12 @@ def select(mode, tier=None, features=None):
 
         return KernelChoice(mode, t, pkg + ".avx2", alg, used, avx2.TILES[mode])
     if t == "amx":
-        if mode != "int8":  # float32 and bf16 as on the avx512 tier
+        if mode == "f32" or (mode == "bf16" and "amx-bf16" not in feats):  # as on the avx512 tier
             return replace(select(mode, "avx512", feats), tier=t)
         from refimpl.engines.fast.kernels import amx
 
-        alg = "tdpbusd tiles (u8=a+128, -128*colsum)"
-        return KernelChoice(mode, t, pkg + ".amx", alg, amx.FEATURES["int8"], amx.TILES["int8"])
+        alg = {"int8": "tdpbusd tiles (u8=a+128, -128*colsum)", "bf16": "tdpbf16ps tiles"}[mode]
+        return KernelChoice(mode, t, pkg + ".amx", alg, amx.FEATURES[mode], amx.TILES[mode])
     # avx512 tier
     from refimpl.engines.fast.kernels import avx2, avx512
 
@@ -268,7 +263,18 @@ def describe(tier=None):
     feats = host_features()
     interesting = [
         f
-        for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx512bf16", "amx-tile", "amx-int8")
+        for f in (
+            "avx2",
+            "fma",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512vnni",
+            "avx512bf16",
+            "amx-tile",
+            "amx-int8",
+            "amx-bf16",
+        )
         if f in feats
     ]
     lines = ["kernels: host=%s; %s; %s" % (llb.get_host_cpu_name(), tgt, nb), "features: " + " ".join(interesting)]
