@@ -279,7 +279,7 @@ def test_policy_picks_the_driver(monkeypatch):
     monkeypatch.setenv("GOMP_SPINCOUNT", "300000")
     attention(q, k, v, cu, 12, 0.125)
     assert calls[-1] == "serial", "a long spin count is as bad as the default"
-    monkeypatch.setenv("GOMP_SPINCOUNT", "1000")  # what threads.ensure_configured sets
+    monkeypatch.setenv("GOMP_SPINCOUNT", "1000")  # the fewest threads.ensure_configured sets
     attention(q, k, v, cu, 12, 0.125)
     assert calls[-1] == ("parallel" if numba.get_num_threads() > 1 else "serial"), "short spins: parallel"
 

@@ -134,7 +134,9 @@ def test_amx_bf16_within_the_summation_bound():
                     name, M, N, K, special, ratio)  # fmt: skip
                 worst[name] = max(worst[name], (ratio, diff))
         if M * N * K >= 17 * 768 * 768:  # and it is a different rounding, not the same bits by chance
-            assert not np.array_equal(y, _ref("bf16", x, W, b))
+            equal = (y == _ref("bf16", x, W, b)).mean()
+            print("bf16/amx M=%d N=%d K=%d: %.3f of the elements equal to vdpbf16ps's order" % (M, N, K, equal))
+            assert equal < 1.0
     for name, (ratio, diff) in worst.items():
         print("bf16/%s: worst error %.3f of the bound (max |diff| %.3g)" % (name, ratio, diff))
     x, W, b = make_data(17, 768, 768, seed=12)

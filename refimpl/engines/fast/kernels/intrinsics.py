@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
@@ -219,6 +219,23 @@ def prefetch(builder, ptr, locality=3):
         VOID,
         [builder.bitcast(ptr, I8.as_pointer()), ir.Constant(I32, 0), ir.Constant(I32, locality), ir.Constant(I32, 1)],
     )
+
+
+@intrinsic
+def spin_pause(typingctx):
+    """The ``pause`` instruction (GNU OpenMP's spin-wait step): threads.short_spincount times it."""
+
+    def codegen(context, builder, sig, args):
+        call_intrinsic(builder, "llvm.x86.sse2.pause", VOID, [])
+
+    return types.void(), codegen
+
+
+@njit(cache=True)
+def pauses(n):
+    """``n`` pause instructions in a row."""
+    for _ in range(n):
+        spin_pause()
 
 
 def barrier(builder):

@@ -22,7 +22,8 @@ Results per mode:
 * "int8": dynamic symmetric per-row int8 activations x per-channel int8
           weights, exact int32 sums; identical bits in every tier.
 * "bf16": bf16 weights and activations, vdpbf16ps arithmetic (float32 sums);
-          identical bits in every tier.
+          identical bits in every tier but amx, whose tdpbf16ps rounds its sums
+          otherwise (within the float32 summation bound: amx.py).
 Every mode is batch invariant: a row's output does not depend on the other
 rows of x, on M, or on the thread count.
 """

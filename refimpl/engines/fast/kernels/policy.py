@@ -10,7 +10,7 @@ core, can wait a whole scheduler slice (ms) for the descheduled worker.
 AUTO_PARALLEL:
 - None (default): allowed only when the environment makes numba's workers sleep instead of spin:
   NUMBA_THREADING_LAYER=tbb or workqueue, OMP_WAIT_POLICY=passive, or GNU OpenMP with
-  GOMP_SPINCOUNT at most threads.DEFAULT_SPINCOUNT (what ``threads.ensure_configured`` sets, so
+  GOMP_SPINCOUNT at most threads.short_spincount() (what ``threads.ensure_configured`` sets, so
   the default) unless the products run through OpenBLAS (``products_on_blas``; libgomp reads the
   variable when it loads, so a spin count set after another library loaded it is not seen); and
   only above each kernel's size threshold (attention.SERIAL_BELOW,
@@ -83,12 +83,12 @@ def serial_flops() -> float:
 
 
 def _short_spin() -> bool:
-    """GNU OpenMP told to spin at most threads.DEFAULT_SPINCOUNT times (the policy ``threads``
-    applies): workers sleep after ~15-30 us, so they neither stall under load nor burn a core."""
+    """GNU OpenMP told to spin at most threads.short_spincount() times (the policy ``threads``
+    applies): workers sleep after ~25 us, so they neither stall under load nor burn a core."""
     if getenv("OMP_WAIT_POLICY").lower() == "active":
         return False
     try:
-        return int(getenv("GOMP_SPINCOUNT")) <= int(threads.DEFAULT_SPINCOUNT)
+        return int(getenv("GOMP_SPINCOUNT")) <= threads.short_spincount()
     except ValueError:
         return False
 

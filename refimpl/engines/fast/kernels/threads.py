@@ -23,7 +23,13 @@ proto measurements, "busy" = a `while True: pass` pinned to core 0:
 Default (``ensure_configured()``, applied when the kernels are imported -- and
 again by api.linear -- unless FASTMM_THREADS=none, the user already set these
 variables, or numba's pool is already running): layer 'omp' and
-GOMP_SPINCOUNT=1000.  Import refimpl.engines.fast.kernels (or call configure()) before running any
+GOMP_SPINCOUNT = ``short_spincount()``: the spins that last SPIN_US, 1000 at least. libgomp
+counts spins, each a ``pause``: 1000 of them lasted 25-30 us on the Zen 5 they were chosen on
+(above), but a pause takes 8.5-9 ns on a Sapphire Rapids-class Xeon (KVM; ``pause_ns``), whose
+workers then fell asleep after 9 us, before the next product's Python glue was done: batch 1 in
+int8 took 11.5-12.0 ms at 1000 and 9.0-10.0 ms at 3000, with core 0 busy 16.0-16.3 and 18.8-19.3
+ms (``GOMP_SPINCOUNT=N python -m tools.batch_one int8 --tokens 17 --busy``, alternating, two runs
+each). Import refimpl.engines.fast.kernels (or call configure()) before running any
 other numba parallel code, or the pool starts with libgomp's defaults.  Products below
 ``serial_flops()`` run in the calling thread (``api.linear(parallel=None)``).
 Results are bit-identical whatever the policy.  Settings only take effect
@@ -35,7 +41,10 @@ import os
 
 _SERIAL_PASSIVE = 24e6
 _SERIAL_SPIN = 2e6
-DEFAULT_SPINCOUNT = "1000"
+DEFAULT_SPINCOUNT = "1000"  # the fewest spins: what the Zen CPUs were measured with
+SPIN_US = 25.0  # how long the workers spin after a region: 1000 spins on a Zen 5
+MAX_SPINCOUNT = 5000  # a spin-wait of 10,000 stalled under load (see above)
+_short_spincount = None
 configured = False
 _wanted = None  # the thread count use_threads asked for, applied by every forward pass (apply_wanted)
 
@@ -90,6 +99,36 @@ def available_layers():
     return out
 
 
+def pause_ns():
+    """How long one ``pause`` takes here: the fastest of 5 runs of 2,000 (a preempted run only
+    lengthens it, so the spin count errs short). None off x86."""
+    import platform
+    import time
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return None
+    from refimpl.engines.fast.kernels import intrinsics
+
+    best = None
+    for _ in range(6):  # the first call may compile or load the function from numba's cache
+        t = time.perf_counter()
+        intrinsics.pauses(2000)
+        elapsed = time.perf_counter() - t
+        best = elapsed if best is None else min(best, elapsed)
+    return best * 1e9 / 2000
+
+
+def short_spincount():
+    """GNU OpenMP spins that last about SPIN_US on this CPU, within [DEFAULT_SPINCOUNT, MAX_SPINCOUNT]
+    (measured once per process)."""
+    global _short_spincount
+    if _short_spincount is None:
+        ns = pause_ns()
+        spins = int(DEFAULT_SPINCOUNT) if not ns else round(SPIN_US * 1000 / ns, -2)
+        _short_spincount = int(min(max(spins, int(DEFAULT_SPINCOUNT)), MAX_SPINCOUNT))
+    return _short_spincount
+
+
 def ensure_configured():
     """Apply the default policy once, before numba's pool starts (no-op after)."""
     global configured
@@ -103,11 +142,12 @@ def ensure_configured():
     if "NUMBA_THREADING_LAYER" not in os.environ and "omp" in available_layers():
         config.THREADING_LAYER = "omp"
     if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
-        os.environ["GOMP_SPINCOUNT"] = DEFAULT_SPINCOUNT
+        os.environ["GOMP_SPINCOUNT"] = str(short_spincount())
 
 
-def configure(layer="omp", spincount=DEFAULT_SPINCOUNT, wait_policy=None, num_threads=None):
-    """Select the threading layer / OpenMP spin count or wait policy before first use.
+def configure(layer="omp", spincount="short", wait_policy=None, num_threads=None):
+    """Select the threading layer / OpenMP spin count ("short": ``short_spincount()``) or wait policy
+    before first use.
 
     Returns a dict of what will be used.  Raises RuntimeError if numba's
     thread pool is already running with different settings.
@@ -131,7 +171,7 @@ def configure(layer="omp", spincount=DEFAULT_SPINCOUNT, wait_policy=None, num_th
         if wait_policy:
             os.environ["OMP_WAIT_POLICY"] = wait_policy.upper()
         if spincount is not None:
-            os.environ["GOMP_SPINCOUNT"] = str(spincount)
+            os.environ["GOMP_SPINCOUNT"] = str(short_spincount() if spincount == "short" else spincount)
     global configured
     configured = True
     if num_threads:
