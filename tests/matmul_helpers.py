@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from refimpl.engines.fast.kernels import cpu
+from refimpl.engines.fast.kernels import cpu, reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
 
@@ -61,3 +61,20 @@ def assert_bit_equal(got, want, what=""):
         raise AssertionError(
             "%s: %d / %d elements differ, first at %s: %r vs %r" % (what, bad.sum(), bad.size, idx, got[idx], want[idx])
         )
+
+
+def bf16_error_ratio(x, W, b, y):
+    """max |y - exact| / bound over the elements, where exact is the float64 sum of the bf16 numbers the
+    kernels multiply and bound = (K + 2) 2^-24 (|x| @ |W|^T + |b|) + K 2^-126: a float32 rounding per k
+    and the bias, and each product or sum below 2^-126 flushed to zero."""
+    xb, wb = reference.bf16_round(x).astype(np.float64), reference.bf16_round(W).astype(np.float64)
+    K = x.shape[1]
+    exact = xb @ wb.T + b
+    bound = (K + 2) * 2.0**-24 * (np.abs(xb) @ np.abs(wb).T + np.abs(b)) + K * 2.0**-126
+    return (np.abs(y - exact) / bound).max(), np.abs(y - exact).max()
+
+
+def bf16_on_tiles(tier=None):
+    """Whether bf16 products on ``tier`` (default: the one in use) run on AMX's tiles, which round
+    otherwise than vdpbf16ps (kernels/amx.py): such results are held to the summation bound."""
+    return cpu.select("bf16", tier).module.endswith(".amx")

@@ -7,7 +7,15 @@ import pytest
 
 from refimpl.engines.fast.kernels import matmul as api
 from refimpl.engines.fast.kernels import reference as R
-from tests.matmul_helpers import MODES, OWN_KERNELS, SIMD_TIERS, assert_bit_equal, make_data, require_tier
+from tests.matmul_helpers import (
+    MODES,
+    OWN_KERNELS,
+    SIMD_TIERS,
+    assert_bit_equal,
+    bf16_error_ratio,
+    make_data,
+    require_tier,
+)
 
 M_EDGE = (1, 2, 5, 6, 7, 13, 17, 64, 100)
 N_EDGE = (1, 8, 15, 16, 17, 48)
@@ -95,17 +103,6 @@ def test_avx2_avx512_bit_identical(mode):
         assert_bit_equal(a, c, "%s avx512 vs avx2 %s" % (mode, (M, N, K)))
 
 
-def _bf16_error_ratio(x, W, b, y):
-    """max |y - exact| / bound over the elements, where exact is the float64 sum of the bf16 numbers the
-    kernels multiply and bound = (K + 2) 2^-24 (|x| @ |W|^T + |b|) + K 2^-126: a float32 rounding per k
-    and the bias, and each product or sum below 2^-126 flushed to zero."""
-    xb, wb = R.bf16_round(x).astype(np.float64), R.bf16_round(W).astype(np.float64)
-    K = x.shape[1]
-    exact = xb @ wb.T + b
-    bound = (K + 2) * 2.0**-24 * (np.abs(xb) @ np.abs(wb).T + np.abs(b)) + K * 2.0**-126
-    return (np.abs(y - exact) / bound).max(), np.abs(y - exact).max()
-
-
 def test_amx_bf16_within_the_summation_bound():
     """tdpbf16ps does not round as vdpbf16ps (see amx.py), so its products are held to the float32
     summation bound of the exact sum of the same bf16 numbers, over the edge grid, the big sizes and
@@ -129,7 +126,7 @@ def test_amx_bf16_within_the_summation_bound():
             p = api.pack(W, "bf16")
             y = api.linear(x, p, b, tier="amx")
             for name, got in (("amx", y), ("reference", _ref("bf16", x, W, b))):
-                ratio, diff = _bf16_error_ratio(x, W, b, got)
+                ratio, diff = bf16_error_ratio(x, W, b, got)
                 assert ratio <= 1.0, "bf16/%s M=%d N=%d K=%d special=%s: error %.3g of the bound" % (
                     name, M, N, K, special, ratio)  # fmt: skip
                 worst[name] = max(worst[name], (ratio, diff))
@@ -142,7 +139,7 @@ def test_amx_bf16_within_the_summation_bound():
     x, W, b = make_data(17, 768, 768, seed=12)
     broken = W.copy()
     broken[:, 700] *= 2.0  # one k step summed twice
-    ratio, _ = _bf16_error_ratio(x, W, b, api.linear(x, api.pack(broken, "bf16"), b, tier="amx"))
+    ratio, _ = bf16_error_ratio(x, W, b, api.linear(x, api.pack(broken, "bf16"), b, tier="amx"))
     assert ratio > 1.0
 
 
