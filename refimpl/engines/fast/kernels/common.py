@@ -375,16 +375,6 @@ class TierGlue:
 
 
 # ------------------------------------------------------------- epilogues
-@njit(cache=True)
-def gelu_in_place(v):
-    """v = GELU(v), one row of a tile's store. A function of its own, not inlined: LLVM vectorises
-    this loop alone, but not inside the stores' loops over rows, where the GELU of the FFN's first
-    product ran one element at a time (the same bits either way: mathf's steps are llvm.fma and
-    selects)."""
-    for j in range(v.size):
-        v[j] = gelu_f32(v[j])
-
-
 @njit(inline="always", cache=True)
 def epi_f32(T, nr, mr, nc, out, i0, j0, bias, gelu):
     """out[i0+r, j0:j0+nc] = T[r, :nc] + bias[j0:j0+nc]  (then GELU)."""
@@ -392,10 +382,12 @@ def epi_f32(T, nr, mr, nc, out, i0, j0, bias, gelu):
     for r in range(mr):
         o = out[i0 + r, j0 : j0 + nc]
         t = T[r * nr : r * nr + nc]
-        for j in range(nc):
-            o[j] = t[j] + b[j]
         if gelu:
-            gelu_in_place(o)
+            for j in range(nc):
+                o[j] = gelu_f32(t[j] + b[j])
+        else:
+            for j in range(nc):
+                o[j] = t[j] + b[j]
 
 
 def bf16_row_into(t, out, i, j0, nc):
@@ -426,10 +418,12 @@ def epi_bf16_rounded(T, nr, mr, nc, out, i0, j0, bias, gelu):
     b = bias[j0 : j0 + nc]
     for r in range(mr):
         t = T[r * nr : r * nr + nc]
-        for j in range(nc):
-            t[j] = t[j] + b[j]
         if gelu:
-            gelu_in_place(t)
+            for j in range(nc):
+                t[j] = gelu_f32(t[j] + b[j])
+        else:
+            for j in range(nc):
+                t[j] = t[j] + b[j]
         bf16_row_into(t, out, i0 + r, j0, nc)
 
 
@@ -462,11 +456,14 @@ def epi_i8(T, nr, mr, nc, out, i0, j0, bias, sx, sw, colsum, corr, gelu):
         o = out[i0 + r, j0 : j0 + nc]
         t = T[r * nr : r * nr + nc]
         s = sx[i0 + r]
-        for j in range(nc):
-            acc = np.int32(t[j] - np.int32(corr) * cs[j])
-            o[j] = np.float32(acc) * (s * w[j]) + b[j]
         if gelu:
-            gelu_in_place(o)
+            for j in range(nc):
+                acc = np.int32(t[j] - np.int32(corr) * cs[j])
+                o[j] = gelu_f32(np.float32(acc) * (s * w[j]) + b[j])
+        else:
+            for j in range(nc):
+                acc = np.int32(t[j] - np.int32(corr) * cs[j])
+                o[j] = np.float32(acc) * (s * w[j]) + b[j]
 
 
 def block_rows(rows, most, multiple):
