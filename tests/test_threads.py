@@ -29,7 +29,6 @@ def test_the_spin_count_lasts_spin_us_within_its_bounds(monkeypatch):
     monkeypatch.setattr(threads, "_short_spincount", 2900)
     monkeypatch.setattr(policy, "AUTO_PARALLEL", None)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    monkeypatch.setattr(policy.threads, "_short_spincount", 2900)
     for count, short in (("2900", True), ("2901", False), ("300000", False)):
         monkeypatch.setenv("GOMP_SPINCOUNT", count)
         assert policy._short_spin() is short, count
