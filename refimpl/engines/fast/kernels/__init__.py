@@ -14,7 +14,8 @@
 Nothing here compiles at import: each kernel compiles on its first call and is cached on disk.
 """
 
-from refimpl.engines.fast.kernels import cacheguard, threads
+# target before threads: its import sets numba's target features, which the first @njit fixes
+from refimpl.engines.fast.kernels import cacheguard, target, threads  # noqa: F401
 
 cacheguard.run()  # numba checks only each kernel's own file: drop cached machine code when any source changed
 threads.ensure_configured()  # numba's OpenMP layer with a short spin (threads.py says why), before its pool starts

@@ -254,6 +254,14 @@ def select(mode, tier=None, features=None):
     return KernelChoice(mode, t, pkg + ".avx2", "bf16 emulation (no AVX512-BF16)", ("avx2", "fma"), avx2.TILES["bf16"])
 
 
+def _target_features_note(features):
+    from refimpl.engines.fast.kernels import target
+
+    if target.VECTOR_WIDTH:  # the host's features with one tuning flag off: say that, not the whole list
+        return ", the host's features, loops vectorised at %d bits (-prefer-256-bit)" % target.VECTOR_WIDTH
+    return "" if features is None else " features=%s" % features
+
+
 def describe(tier=None):
     """One multi-line string: CPU, numba target, tier, and the kernel per mode."""
     import llvmlite.binding as llb
@@ -265,7 +273,7 @@ def describe(tier=None):
         nb = "numba %s, threads=%d, layer=%s" % (numba.__version__, config.NUMBA_NUM_THREADS, config.THREADING_LAYER)
         tgt = "numba target cpu=%s%s" % (
             config.CPU_NAME or llb.get_host_cpu_name(),
-            "" if config.CPU_FEATURES is None else " features=%s" % config.CPU_FEATURES,
+            _target_features_note(config.CPU_FEATURES),
         )
     except Exception:  # pragma: no cover
         nb, tgt = "numba ?", ""
