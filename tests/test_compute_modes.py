@@ -230,3 +230,46 @@ def test_a_read_only_cache_folder_packs_in_memory(tiny_model, tmp_path, monkeypa
     assert "cannot write the packed-weight cache" in caplog.text
     monkeypatch.setenv("REFIMPL_CACHE", str(tmp_path / "writable"))
     np.testing.assert_array_equal(SentenceTransformer(path, compute="bfloat16").encode(TEXTS), ours)
+
+
+@pytest.mark.parametrize("mode", ("float32", "int8", "bfloat16"))
+def test_the_packed_weights_sit_on_cache_lines_in_the_file_and_in_memory(tiny_model, tmp_path, monkeypatch, mode):
+    """Every packed array starts on a 64-byte boundary (kernels/packing.py says what a split line costs):
+    in the cache file, which the safetensors library still reads, so in its mapping, and when packed
+    in memory (a read-only cache folder)."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    from refimpl.formats.safetensors import PADDING_PREFIX
+
+    monkeypatch.setenv("REFIMPL_CACHE", str(tmp_path / "cache"))
+    path = tiny_model("roberta", seed=13, hidden_size=36, intermediate_size=52)  # shapes off every line
+    model = SentenceTransformer(path, compute=mode)
+    model.encode(TEXTS)
+    (cache,) = cached_files()
+    data = cache.read_bytes()
+    header_bytes = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_bytes])
+    starts = {
+        name: 8 + header_bytes + entry["data_offsets"][0] for name, entry in header.items() if name != "__metadata__"
+    }
+    print({name: start % 64 for name, start in starts.items() if not name.startswith(PADDING_PREFIX)})
+    assert all(start % 64 == 0 for name, start in starts.items() if not name.startswith(PADDING_PREFIX))
+    assert any(name.startswith(PADDING_PREFIX) for name in starts)  # the 40-byte meta arrays needed some
+    assert set(load_file(str(cache))) == set(starts)
+    for source in ("mapped", "packed"):
+        if source == "packed":
+            monkeypatch.setenv("REFIMPL_CACHE", str(tmp_path / "no-cache-here" / "file"))
+            (tmp_path / "no-cache-here").mkdir()
+            (tmp_path / "no-cache-here" / "file").write_text("not a folder")
+            model = SentenceTransformer(path, compute=mode)
+        engine = model._pipeline.transformer.engine()
+        offsets = {
+            name: a.ctypes.data % 64
+            for layer in engine.packed_layers()
+            for p in layer.values()
+            for name, a in p.arrays.items()
+        }
+        print(source, offsets)
+        assert set(offsets.values()) == {0}

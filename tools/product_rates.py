@@ -5,6 +5,7 @@
     python -m tools.product_rates --cold           # 12 layers of distinct weights, as a forward pass reads them
     REFIMPL_KERNELS=avx2 python -m tools.product_rates
     python -m tools.product_rates --cold --rows 1000 --mb 64 256    # rows per work item, side by side
+    python -m tools.product_rates --misaligned     # also each hot product with its weights 16 bytes off a line
 
 Hot: each of one layer's shapes ([out, in] = 768x768, 3072x768 with the GELU store, 768x3072) runs
 15 times on the same weights; the best time gives GFLOP/s (GOPS for int8). Cold: the 72 products of
@@ -34,7 +35,19 @@ def layer_flops(rows):
     return sum(2 * rows * n * k * count for (n, k), count in zip(SHAPES, PER_LAYER))
 
 
-def hot(mode, rows, rng):
+def _misaligned(packed):
+    """``packed`` with its weight 16 bytes past a cache line (as NumPy's allocator may leave an array)."""
+    w = packed.arrays["w"]
+    raw = np.empty(w.nbytes + 128, np.uint8)
+    start = -raw.ctypes.data % 64 + 16
+    moved = raw[start : start + w.nbytes].view(w.dtype).reshape(w.shape)
+    moved[...] = w
+    copy = matmul.PackedLinear(packed.mode, packed.n, packed.k, packed.arrays)
+    copy.arrays["w"] = moved  # past the constructor, which would align it again
+    return copy
+
+
+def hot(mode, rows, rng, misaligned=False):
     rates, layer_seconds = [], 0.0
     for (n, k), count in zip(SHAPES, PER_LAYER):
         packed = matmul.pack(rng.standard_normal((n, k)).astype(np.float32) * 0.05, mode)
@@ -48,10 +61,22 @@ def hot(mode, rows, rng):
             start = time.perf_counter()
             matmul.linear(x, packed, bias, gelu=gelu, out=out)
             times.append(time.perf_counter() - start)
-        rates.append(f"{n}x{k} {2 * rows * n * k / min(times) / 1e9:.0f}")
+        rate = f"{n}x{k} {2 * rows * n * k / min(times) / 1e9:.0f}"
+        if misaligned:
+            off = _misaligned(packed)
+            matmul.linear(x, off, bias, gelu=gelu, out=out)
+            best = min(_seconds(matmul.linear, x, off, bias, gelu=gelu, out=out) for _ in range(15))
+            rate += f" (misaligned {2 * rows * n * k / best / 1e9:.0f})"
+        rates.append(rate)
         layer_seconds += min(times) * count
     layer = f"one layer {layer_flops(rows) / layer_seconds / 1e9:.0f} in {layer_seconds * 1e3:.2f} ms"
     return " | ".join(rates) + " | " + layer
+
+
+def _seconds(work, *args, **kwargs):
+    start = time.perf_counter()
+    work(*args, **kwargs)
+    return time.perf_counter() - start
 
 
 def cold(mode, rows, rng, rows_per_item=()):
@@ -94,13 +119,14 @@ def main():
     parser.add_argument("--cold", action="store_true", help="12 layers of distinct weights instead of one, hot")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--mb", type=int, nargs="+", default=(), help="rows per work item to compare (with --cold)")
+    parser.add_argument("--misaligned", action="store_true", help="hot: also with each weight 16 bytes off a line")
     args = parser.parse_args()
     if args.mb and not args.cold:
         parser.error("--mb compares rows per work item on the --cold passes")
     print(matmul.describe())
     rng = np.random.default_rng(0)
     for mode in args.modes:
-        result = cold(mode, args.rows, rng, args.mb) if args.cold else hot(mode, args.rows, rng)
+        result = cold(mode, args.rows, rng, args.mb) if args.cold else hot(mode, args.rows, rng, args.misaligned)
         print(f"{mode} rows {args.rows}, G/s:", result)
 
 

@@ -198,15 +198,32 @@ def _check_entry(path, name, entry, data_start, data_size, buffer) -> StoredTens
     return StoredTensor(name, dtype, tuple(shape), buffer, data_start + offsets[0], path)
 
 
-def write_safetensors(tensors: dict[str, np.ndarray], path, metadata: dict[str, str] | None = None) -> Path:
+PADDING_PREFIX = "__padding__."  # the names of align's filler tensors (uint8, zeros)
+
+
+def write_safetensors(
+    tensors: dict[str, np.ndarray], path, metadata: dict[str, str] | None = None, align: int = 8
+) -> Path:
     """Write NumPy arrays as a safetensors file, atomically, streaming each array's bytes to the file
-    (safetensors' own ``save`` builds the whole file in memory first: 3x the weights at peak)."""
+    (safetensors' own ``save`` builds the whole file in memory first: 3x the weights at peak).
+
+    ``align``: every tensor starts at a multiple of it in the file, so in a mapping of the file (whose
+    start is page-aligned): the header is padded with spaces, and a tensor that would start off the
+    boundary is preceded by a uint8 filler named ``PADDING_PREFIX`` + its index (the format has no gaps
+    between tensors; readers that skip the fillers: ``without_padding``)."""
     import json
 
     from refimpl.io import write_atomically
 
     codes = {numpy_dtype: code for code, (_, numpy_dtype) in SAFETENSORS_DTYPES.items() if numpy_dtype is not None}
-    arrays = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+    arrays = {}
+    for name, array in tensors.items():
+        if name.startswith(PADDING_PREFIX):
+            raise ValueError(f"{path}: tensor name {name!r} is reserved for alignment padding")
+        gap = -sum(a.nbytes for a in arrays.values()) % align
+        if gap:
+            arrays[f"{PADDING_PREFIX}{len(arrays)}"] = np.zeros(gap, np.uint8)
+        arrays[name] = np.ascontiguousarray(array)
     header, offset = {}, 0
     for name, array in arrays.items():
         code = codes.get(array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype)
@@ -217,7 +234,7 @@ def write_safetensors(tensors: dict[str, np.ndarray], path, metadata: dict[str, 
     if metadata:
         header["__metadata__"] = {str(key): str(value) for key, value in metadata.items()}
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+    encoded += b" " * (-(8 + len(encoded)) % max(align, 8))  # the data starts aligned (8 + header bytes)
 
     def write(handle):
         handle.write(len(encoded).to_bytes(8, "little"))
@@ -227,3 +244,8 @@ def write_safetensors(tensors: dict[str, np.ndarray], path, metadata: dict[str, 
 
     write_atomically(path, write)
     return Path(path)
+
+
+def without_padding(tensors: dict) -> dict:
+    """``tensors`` without the fillers ``write_safetensors(align=)`` put between them."""
+    return {name: tensor for name, tensor in tensors.items() if not name.startswith(PADDING_PREFIX)}

@@ -18,6 +18,7 @@ import numpy as np
 
 from refimpl.engines.fast.kernels import attention as attention_kernels
 from refimpl.engines.fast.kernels import matmul, norms, policy
+from refimpl.engines.fast.kernels.packing import aligned_empty
 from refimpl.load.config import EncoderConfig
 
 
@@ -109,15 +110,16 @@ class Scratch:
     def __init__(self, key):
         self.key = key  # (dtype, H, I)
         self.tokens = -1
-        self.prepared = np.empty(0, np.uint8)
+        self.prepared = aligned_empty(0, np.uint8)
 
     def views(self, n, prepared_bytes):
         dtype, hidden, inner = self.key
         if n > self.tokens or prepared_bytes > self.prepared.size:
             self.tokens = max(n, self.tokens)
-            self.qkvc = np.empty(self.tokens * max(4 * hidden, inner), dtype)
-            self.y = np.empty(self.tokens * hidden, dtype)
-            self.prepared = np.empty(max(prepared_bytes, self.prepared.size), np.uint8)
+            # on cache lines: the products' 64-byte loads of their inputs (and bf16's rounded FFN) not split
+            self.qkvc = aligned_empty(self.tokens * max(4 * hidden, inner), dtype)
+            self.y = aligned_empty(self.tokens * hidden, dtype)
+            self.prepared = aligned_empty(max(prepared_bytes, self.prepared.size), np.uint8)
         q, k, v = (self.qkvc[i * n * hidden : (i + 1) * n * hidden].reshape(n, hidden) for i in range(3))
         return {
             "qkv": self.qkvc[: 3 * n * hidden].reshape(n, 3 * hidden),  # the same memory as

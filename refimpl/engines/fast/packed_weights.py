@@ -49,7 +49,8 @@ PACKED = ("attention.self.qkv", "attention.output.dense", "intermediate.dense", 
 # of the cache file, by mode: 1 packed the six linear layers one by one, 2 stacks QKV, and bf16's 3 rounds
 # the weights by vcvtneps2bf16's rule (a float32 denormal to zero, where 2 could round one up to the
 # smallest normal)
-LAYOUT = {"float32": 2, "int8": 2, "bfloat16": 3}
+# smallest normal); then every array on a 64-byte boundary of the file (f32 3, int8 3, bf16 4)
+LAYOUT = {"float32": 3, "int8": 3, "bfloat16": 4}
 
 
 def cache_folder() -> Path:
@@ -114,11 +115,11 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
 def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
     """The cached arrays, mapped read-only, or None (saying why) when the file is not sound."""
     from refimpl.errors import ModelFileError
-    from refimpl.formats.safetensors import read_safetensors_with_metadata
+    from refimpl.formats.safetensors import read_safetensors_with_metadata, without_padding
 
     try:
         tensors, metadata = read_safetensors_with_metadata(path)
-        arrays = {name: tensor.stored() for name, tensor in tensors.items()}
+        arrays = {name: tensor.stored() for name, tensor in without_padding(tensors).items()}
     except ModelFileError as error:
         logger.warning("refimpl: the packed-weight cache %s is unreadable (%s); packing again", path, error.problem)
         return None
@@ -129,11 +130,13 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def _write_cache(path: Path, arrays: dict[str, np.ndarray], source: Path) -> bool:
+    from refimpl.engines.fast.kernels.packing import ALIGN
     from refimpl.formats.safetensors import write_safetensors
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_safetensors(arrays, path, metadata={"sha256": _digest(arrays), "source": str(source)})
+        metadata = {"sha256": _digest(arrays), "source": str(source)}
+        write_safetensors(arrays, path, metadata=metadata, align=ALIGN)  # mapped, each array aligned
         return True
     except OSError as error:
         logger.warning("refimpl: cannot write the packed-weight cache %s (%s); keeping the packed weights in memory",

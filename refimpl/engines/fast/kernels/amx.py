@@ -278,7 +278,7 @@ def item_sums(it, xa, bw, T, mb):
 
 @njit(inline="always", cache=True)
 def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb):
-    T = np.empty(C.n_tiles(mb, MR) * MR * NR, np.int32)
+    T = C.tile_scratch(C.n_tiles(mb, MR) * MR * NR, np.int32)
     p, r0, rows = item_sums(it, qa, bq, T, mb)
     j0 = p * NR
     nc = min(NR, out.shape[1] - j0)
@@ -290,7 +290,7 @@ def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb):
 
 @njit(inline="always", cache=True)
 def _item_bf16(it, xa, bb, bias, gelu, out, mb, rounded):
-    T = np.empty(C.n_tiles(mb, MR) * MR * NR, np.float32)
+    T = C.tile_scratch(C.n_tiles(mb, MR) * MR * NR, np.float32)
     p, r0, rows = item_sums(it, xa, bb, T, mb)
     j0 = p * NR
     nc = min(NR, bias.shape[0] - j0)  # out may be wider: the next product's padded input (rounded)

@@ -90,7 +90,7 @@ def _item_f32(it, x, bp, bias, gelu, out, mb):
     p, r0, rows = C.work_item(it, NP, mb, M)
     nt = C.n_tiles(rows, MR_F32)
     nq = _passes(N, p, nt)
-    T = np.empty(nq * MR_F32 * NR, np.float32)
+    T = C.tile_scratch(nq * MR_F32 * NR, np.float32)
     for k0 in range(0, K, KC_F32):
         ks = min(KC_F32, K - k0)
         for q in range(nq):
@@ -124,7 +124,7 @@ def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb):
     p, r0, rows = C.work_item(it, NP, mb, M)
     nt = C.n_tiles(rows, MR_I8)
     nq = _passes(N, p, nt)
-    T = np.empty(nq * MR_I8 * NR, np.int32)
+    T = C.tile_scratch(nq * MR_I8 * NR, np.int32)
     for k0 in range(0, KG, KC_I8):
         ks = min(KC_I8, KG - k0)
         for q in range(nq):
@@ -159,7 +159,7 @@ def _item_bf16(it, xa, bb, bias, gelu, out, mb, rounded):
     p, r0, rows = C.work_item(it, NP, mb, M)
     nt = C.n_tiles(rows, MR_BF16)
     nq = _passes(N, p, nt)
-    T = np.empty(nq * MR_BF16 * NR, np.float32)
+    T = C.tile_scratch(nq * MR_BF16 * NR, np.float32)
     for k0 in range(0, KH, KC_BF16):
         ks = min(KC_BF16, KH - k0)
         for q in range(nq):

@@ -64,7 +64,7 @@ def _item_f32(it, x, bp, bias, gelu, out, mb):
     j0 = p * NR
     nc = min(NR, N - j0)
     nt = C.n_tiles(rows, MR)
-    T = np.empty(nt * MR * NR, np.float32)
+    T = C.tile_scratch(nt * MR * NR, np.float32)
     for k0 in range(0, K, KC):
         ks = min(KC, K - k0)
         for t in range(nt):
@@ -99,7 +99,7 @@ def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb):
     j0 = p * NR
     nc = min(NR, N - j0)
     nt = C.n_tiles(rows, MR)
-    T = np.empty(nt * MR * NR, np.int32)
+    T = C.tile_scratch(nt * MR * NR, np.int32)
     for k0 in range(0, KG, KC):
         ks = min(KC, KG - k0)
         for t in range(nt):
@@ -134,7 +134,7 @@ def _item_bf16(it, xa, bb, bias, gelu, out, mb, rounded):
     j0 = p * NR
     nc = min(NR, N - j0)
     nt = C.n_tiles(rows, MR)
-    T = np.empty(nt * MR * NR, np.float32)
+    T = C.tile_scratch(nt * MR * NR, np.float32)
     for k0 in range(0, KH, KC):
         ks = min(KC, KH - k0)
         for t in range(nt):

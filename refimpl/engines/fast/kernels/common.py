@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from refimpl.engines.fast.kernels import packing
 from refimpl.engines.fast.kernels.intrinsics import (
     PREFETCH_FLAG,
     vbf16_bits,
@@ -252,7 +253,7 @@ def input_buffer(scratch, nbytes, name="scratch"):
     """``scratch`` when given, checked to be a writeable C-contiguous 1-D uint8 array of at least
     ``nbytes`` (the kernels write and read it unchecked), else a new buffer. Plain Python."""
     if scratch is None:
-        return np.empty(nbytes, np.uint8)
+        return packing.aligned_empty(nbytes, np.uint8)
     if not (
         isinstance(scratch, np.ndarray)
         and scratch.dtype == np.uint8
@@ -464,6 +465,15 @@ def epi_i8(T, nr, mr, nc, out, i0, j0, bias, sx, sw, colsum, corr, gelu):
             for j in range(nc):
                 acc = np.int32(t[j] - np.int32(corr) * cs[j])
                 o[j] = np.float32(acc) * (s * w[j]) + b[j]
+
+
+@njit(inline="always", cache=True)
+def tile_scratch(n, dtype):
+    """np.empty(n, dtype) starting on a 64-byte boundary (numba's own start 32 bytes into a line): the
+    tiles' sums go there between k blocks, as 64-byte rows."""
+    raw = np.empty(n + 64, dtype)  # 64 elements: at least a line whatever the dtype
+    start = (-raw.ctypes.data % 64) // raw.itemsize
+    return raw[start : start + n]
 
 
 def block_rows(rows, most, multiple):

@@ -50,7 +50,7 @@ class PackedLinear:
         self.mode = mode
         self.n = int(n)
         self.k = int(k)
-        self.arrays = dict(arrays)
+        self.arrays = {name: packing.aligned(a) for name, a in arrays.items()}  # unaligned: copied
         self._zero_bias = None
 
     @property
