@@ -5,7 +5,6 @@ int8 and bf16 bit-exact.  Edge sizes from the brief."""
 import numpy as np
 import pytest
 
-from refimpl.engines.fast.kernels import amx, avx512
 from refimpl.engines.fast.kernels import matmul as api
 from refimpl.engines.fast.kernels import reference as R
 from tests.matmul_helpers import (
@@ -144,39 +143,16 @@ def test_amx_bf16_within_the_summation_bound():
     assert ratio > 1.0
 
 
-@pytest.mark.parametrize("vnni_rows", (None, 0), ids=("as-dispatched", "every-row-count-on-tiles"))
-def test_amx_int8_bit_identical_to_vnni_and_avx2(vnni_rows, monkeypatch):
+def test_amx_int8_bit_identical_to_vnni_and_avx2():
     """The tiles' int32 sums are the VNNI and sign-trick kernels' integers: the same bits, over row
-    counts around the 16-row tile and K with and without a short last step; with VNNI_ROWS = 0 the
-    few-row products the amx tier hands to vpdpbusd run on the tiles too."""
+    counts around the 16-row tile and K with and without a short last step."""
     require_tier("amx")
-    if vnni_rows is not None:
-        monkeypatch.setattr(amx, "VNNI_ROWS", vnni_rows)
-    shapes = ((1, 48, 64), (16, 768, 768), (17, 2304, 768), (100, 3072, 768), (33, 768, 3072), (21, 50, 324))
-    for M, N, K in shapes + ((2, 17, 5), (7, 100, 1000), (25, 96, 768)):
+    for M, N, K in ((1, 48, 64), (16, 768, 768), (17, 2304, 768), (100, 3072, 768), (33, 768, 3072), (21, 50, 324)):
         x, W, b = make_data(M, N, K, seed=8)
         p = api.pack(W, "int8")
         a = api.linear(x, p, b, gelu=True, tier="amx")
         for other in ("avx512", "avx2"):
             assert_bit_equal(a, api.linear(x, p, b, gelu=True, tier=other), "int8 amx vs %s %s" % (other, (M, N, K)))
-
-
-def test_amx_int8_few_rows_run_on_vnni(monkeypatch):
-    """Products of at most amx.VNNI_ROWS rows go to avx512's vpdpbusd kernel, more to the tiles."""
-    require_tier("amx")
-    rows_on_vnni = []
-    vnni = avx512.linear_int8
-
-    def spy(x, *args):
-        rows_on_vnni.append(x.shape[0])
-        vnni(x, *args)
-
-    monkeypatch.setattr(avx512, "linear_int8", spy)
-    x, W, b = make_data(amx.VNNI_ROWS + 1, 96, 768, seed=9)
-    p = api.pack(W, "int8")
-    for M in (1, amx.VNNI_ROWS, amx.VNNI_ROWS + 1):
-        api.linear(x[:M], p, b, tier="amx")
-    assert rows_on_vnni == [1, amx.VNNI_ROWS]
 
 
 @pytest.mark.parametrize("mode", ("int8", "bf16"))

@@ -2,8 +2,7 @@
 permission to use the tile state): int8 and bf16 products on the tile unit. float32 stays on
 ``avx512.py`` (``cpu.select``).
 
-* int8: products of at most VNNI_ROWS rows run on avx512's vpdpbusd kernel (below). Else
-  C[16 x 16] int32 += tdpbusd(A = u8 activations [rows x 64 bytes], B = s8 weights [16 groups of
+* int8: C[16 x 16] int32 += tdpbusd(A = u8 activations [rows x 64 bytes], B = s8 weights [16 groups of
   4 k x 16 columns x 4 bytes]), three C tiles side by side for a 48-column panel. It reads the same
   packed weights ([NP, K/4, 48, 4]: a B tile is 16 group rows of one 16-column sub-panel, 192 bytes
   apart) and the same prepared activations (u8 = q + 128) as the VNNI kernel, and its epilogue
@@ -39,7 +38,6 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from refimpl.engines.fast.kernels import avx512
 from refimpl.engines.fast.kernels import common as C
 from refimpl.engines.fast.kernels.intrinsics import prefetch
 
@@ -333,18 +331,4 @@ def gemm_bf16_serial(x, buf, prepare, bb, bias, gelu, out, mb, rounded):
 # ------------------------------------------------------------ entry points
 _glue = C.TierGlue(sys.modules[__name__], _INT8_INPUT.dtype, 128, BF16_AS_FLOAT32, {"int8": MR, "bf16": MR})
 prepare_int8, prepare_bf16 = _glue.prepare_int8, _glue.prepare_bf16
-linear_bf16, linear_bf16_rounded = _glue.linear_bf16, _glue.linear_bf16_rounded
-
-# int8 products of at most this many rows run on avx512's vpdpbusd kernel (the cpu module asks for
-# avx512vnni with amx). The same integers, so the same bits, and these products only stream the weight:
-# a B tile is loaded for 16 rows at most, and at 17 rows twice, while the VNNI kernel loads a weight
-# vector once for each 8 rows. The 72 products of 12 layers, weights read as a forward pass reads them,
-# measured (REFIMPL_KERNELS=amx|avx512 python -m tools.product_rates --cold --modes int8 --rows R):
-# 17 rows 6.6-7.2 ms on tiles against 5.8-6.0 on VNNI, 24 rows 7.3-7.5 against 6.4-6.5, 28 rows
-# 7.4 against 8.3-12.3, 32 rows 8.1 against 8.6.
-VNNI_ROWS = 3 * avx512.MR
-
-
-def linear_int8(x, packed, bias, gelu, out, parallel=True, prepared=None, scratch=None):
-    product = avx512.linear_int8 if x.shape[0] <= VNNI_ROWS else _glue.linear_int8
-    product(x, packed, bias, gelu, out, parallel, prepared, scratch)
+linear_int8, linear_bf16, linear_bf16_rounded = _glue.linear_int8, _glue.linear_bf16, _glue.linear_bf16_rounded

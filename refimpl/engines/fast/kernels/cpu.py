@@ -3,8 +3,7 @@
 Tiers, best first:
 
 * ``"amx"``    -- the avx512 tier with int8 and bf16 on AMX tiles (``amx.py``). Needs amx-tile +
-  amx-int8 and avx512vnni (int8 products of a few rows run on vpdpbusd: ``amx.VNNI_ROWS``; bf16 also
-  needs amx-bf16, else it stays on vdpbf16ps) and Linux's permission for the tile
+  amx-int8 (bf16 also amx-bf16, else it stays on vdpbf16ps) and Linux's permission for the tile
   state (``amx_permitted``). int8 is bit-identical to every other tier; bf16 is not (the tile unit
   rounds its sums otherwise than vdpbf16ps: ``amx.py``), and ``REFIMPL_KERNELS=avx512`` gives the
   bits of the other tiers. float32 runs the avx512 tier's kernels. Measured on a Sapphire
@@ -40,12 +39,7 @@ MODES = ("f32", "int8", "bf16")
 ENV_VAR = "REFIMPL_KERNELS"
 
 _AVX512 = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl")
-REQUIRED = {
-    "amx": (*_AVX512, "avx512vnni", "amx-tile", "amx-int8"),
-    "avx512": _AVX512,
-    "avx2": ("avx2", "fma"),
-    "blas": (),
-}
+REQUIRED = {"amx": (*_AVX512, "amx-tile", "amx-int8"), "avx512": _AVX512, "avx2": ("avx2", "fma"), "blas": ()}
 
 # llvmlite spells these without underscore; /proc/cpuinfo with one.
 _ALIASES = {
@@ -226,10 +220,7 @@ def select(mode, tier=None, features=None):
             return replace(select(mode, "avx512", feats), tier=t)
         from refimpl.engines.fast.kernels import amx
 
-        alg = {
-            "int8": "tdpbusd tiles (u8=a+128, -128*colsum), vpdpbusd up to %d rows" % amx.VNNI_ROWS,
-            "bf16": "tdpbf16ps tiles",
-        }[mode]
+        alg = {"int8": "tdpbusd tiles (u8=a+128, -128*colsum)", "bf16": "tdpbf16ps tiles"}[mode]
         return KernelChoice(mode, t, pkg + ".amx", alg, amx.FEATURES[mode], amx.TILES[mode])
     # avx512 tier
     from refimpl.engines.fast.kernels import avx2, avx512
