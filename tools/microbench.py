@@ -663,9 +663,10 @@ def tile_alone():
     from numba import njit
 
     from refimpl.engines.fast.kernels import avx2, avx512, cpu
+    from refimpl.engines.fast.kernels.packing import aligned
 
-    x = np.random.default_rng(0).random(8 * 1024).astype(np.float32)  # 8 rows of 1,024
-    weights = np.random.default_rng(1).random(1024 * 48).astype(np.float32)  # a panel of 1,024 k steps
+    x = aligned(np.random.default_rng(0).random(8 * 1024).astype(np.float32))  # 8 rows of 1,024
+    weights = aligned(np.random.default_rng(1).random(1024 * 48).astype(np.float32))  # a panel of 1,024 k steps
     tile = np.zeros(8 * 48, np.float32)
     for module, name in ((avx2, "avx2"), (avx512, "avx512")):
         if cpu.missing_features(name):
