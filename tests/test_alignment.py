@@ -55,7 +55,8 @@ def test_unaligned_writes_put_tensors_off_the_line_and_a_reserved_name_is_refuse
 def test_packing_and_buffers_are_aligned():
     for shape, dtype in (((3, 5), np.float32), ((7,), np.int8), ((0,), np.uint8), ((33, 2), np.uint16)):
         a = packing.aligned_empty(shape, dtype)
-        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.ctypes.data % 64 == 0
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
+        assert a.size == 0 or a.ctypes.data % 64 == 0  # NumPy gives an empty view any address
     off = np.empty(100, np.uint8)[3:67].view(np.float32)
     copy = packing.aligned(off)
     assert copy.ctypes.data % 64 == 0 and np.array_equal(copy, off)

@@ -264,7 +264,7 @@ def test_the_packed_weights_sit_on_cache_lines_in_the_file_and_in_memory(tiny_mo
             (tmp_path / "no-cache-here").mkdir()
             (tmp_path / "no-cache-here" / "file").write_text("not a folder")
             model = SentenceTransformer(path, compute=mode)
-        engine = model._pipeline.transformer.engine()
+        engine = model.pipeline.transformer.engine()
         offsets = {
             name: a.ctypes.data % 64
             for layer in engine.packed_layers()

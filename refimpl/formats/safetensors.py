@@ -216,14 +216,15 @@ def write_safetensors(
     from refimpl.io import write_atomically
 
     codes = {numpy_dtype: code for code, (_, numpy_dtype) in SAFETENSORS_DTYPES.items() if numpy_dtype is not None}
-    arrays = {}
+    arrays, end = {}, 0
     for name, array in tensors.items():
         if name.startswith(PADDING_PREFIX):
             raise ValueError(f"{path}: tensor name {name!r} is reserved for alignment padding")
-        gap = -sum(a.nbytes for a in arrays.values()) % align
+        gap = -end % align
         if gap:
             arrays[f"{PADDING_PREFIX}{len(arrays)}"] = np.zeros(gap, np.uint8)
         arrays[name] = np.ascontiguousarray(array)
+        end += gap + arrays[name].nbytes
     header, offset = {}, 0
     for name, array in arrays.items():
         code = codes.get(array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype)

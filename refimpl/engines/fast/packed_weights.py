@@ -48,7 +48,6 @@ QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
 PACKED = ("attention.self.qkv", "attention.output.dense", "intermediate.dense", "output.dense")
 # of the cache file, by mode: 1 packed the six linear layers one by one, 2 stacks QKV, and bf16's 3 rounds
 # the weights by vcvtneps2bf16's rule (a float32 denormal to zero, where 2 could round one up to the
-# smallest normal)
 # smallest normal); then every array on a 64-byte boundary of the file (f32 3, int8 3, bf16 4)
 LAYOUT = {"float32": 3, "int8": 3, "bfloat16": 4}
 
