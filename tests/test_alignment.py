@@ -26,7 +26,7 @@ def _starts(path):
     return {name: 8 + size + entry["data_offsets"][0] for name, entry in header.items() if name != "__metadata__"}
 
 
-@pytest.mark.parametrize("align", (8, 64, 4096))
+@pytest.mark.parametrize("align", (1, 8, 64, 4096))
 def test_written_tensors_start_on_the_boundary_and_read_back_the_same(tmp_path, align):
     rng = np.random.default_rng(0)
     arrays = {"a": rng.random(5).astype(np.float32), "b": np.arange(7, dtype=np.int8), "c": np.zeros((3, 5), np.uint16),
@@ -47,7 +47,10 @@ def test_written_tensors_start_on_the_boundary_and_read_back_the_same(tmp_path, 
 def test_unaligned_writes_put_tensors_off_the_line_and_a_reserved_name_is_refused(tmp_path):
     arrays = {"meta": np.zeros(5, np.int64), "w": np.zeros(64, np.float32)}
     starts = _starts(write_safetensors(arrays, tmp_path / "plain.safetensors"))
-    assert starts["w"] % 64 != 0  # the negative control: without align the 40-byte array shifts the next
+    assert starts["w"] - starts["meta"] == 40  # without align the next tensor follows the 40 bytes directly
+    assert not any(name.startswith(PADDING_PREFIX) for name in starts)  # and no fillers: any reader loads it
+    with pytest.raises(ValueError, match="align must be a positive number of bytes"):
+        write_safetensors(arrays, tmp_path / "zero.safetensors", align=0)
     with pytest.raises(ValueError, match="reserved for alignment padding"):
         write_safetensors({PADDING_PREFIX + "0": np.zeros(1, np.uint8)}, tmp_path / "bad.safetensors")
 

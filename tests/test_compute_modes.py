@@ -265,6 +265,11 @@ def test_the_packed_weights_sit_on_cache_lines_in_the_file_and_in_memory(tiny_mo
             (tmp_path / "no-cache-here" / "file").write_text("not a folder")
             model = SentenceTransformer(path, compute=mode)
         engine = model.pipeline.transformer.engine()
+        if engine.packed_layers() is None:
+            pytest.skip("float32 on the blas tier packs nothing")
+        if source == "mapped":  # the cache's own pages, not copies PackedLinear made of misaligned ones
+            arrays = [a for layer in engine.packed_layers() for p in layer.values() for a in p.arrays.values()]
+            assert not any(a.flags.writeable for a in arrays)
         offsets = {
             name: a.ctypes.data % 64
             for layer in engine.packed_layers()

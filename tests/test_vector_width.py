@@ -32,7 +32,7 @@ print(target.VECTOR_WIDTH, "zmm" if "%zmm" in asm else "no-zmm", str(config.CPU_
 
 
 def _run(env_extra, code=REPORT):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_CPU", "REFIMPL_VECTOR"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_CPU", "REFIMPL_VECTOR", "REFIMPL_KERNELS"))}
     env.update(env_extra)
     env["PYTHONPATH"] = ROOT
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
@@ -51,6 +51,9 @@ def test_256_on_request_and_the_users_target_untouched():
     r = _run({"REFIMPL_VECTOR_WIDTH": "256"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[::2] == ["None", "False"]  # LLVM's own choice (256 bits on Intel's tuning)
+    r = _run({"REFIMPL_KERNELS": "avx2"})  # the forced AVX2 tier stands for a CPU without AVX-512
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[::2] == ["None", "False"]
     features = llvm.get_host_cpu_features().flatten()
     r = _run({"NUMBA_CPU_FEATURES": features})
     assert r.returncode == 0, r.stderr

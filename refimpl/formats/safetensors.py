@@ -202,12 +202,13 @@ PADDING_PREFIX = "__padding__."  # the names of align's filler tensors (uint8, z
 
 
 def write_safetensors(
-    tensors: dict[str, np.ndarray], path, metadata: dict[str, str] | None = None, align: int = 8
+    tensors: dict[str, np.ndarray], path, metadata: dict[str, str] | None = None, align: int = 1
 ) -> Path:
     """Write NumPy arrays as a safetensors file, atomically, streaming each array's bytes to the file
     (safetensors' own ``save`` builds the whole file in memory first: 3x the weights at peak).
 
-    ``align``: every tensor starts at a multiple of it in the file, so in a mapping of the file (whose
+    ``align`` (bytes, default 1: no fillers, the plain format every reader loads): every tensor starts at
+    a multiple of it in the file, so in a mapping of the file (whose
     start is page-aligned): the header is padded with spaces, and a tensor that would start off the
     boundary is preceded by a uint8 filler named ``PADDING_PREFIX`` + its index (the format has no gaps
     between tensors; readers that skip the fillers: ``without_padding``)."""
@@ -215,6 +216,8 @@ def write_safetensors(
 
     from refimpl.io import write_atomically
 
+    if not (isinstance(align, int) and align >= 1):
+        raise ValueError(f"{path}: align must be a positive number of bytes, got {align!r}")
     codes = {numpy_dtype: code for code, (_, numpy_dtype) in SAFETENSORS_DTYPES.items() if numpy_dtype is not None}
     arrays, end = {}, 0
     for name, array in tensors.items():

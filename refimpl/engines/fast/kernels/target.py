@@ -13,13 +13,14 @@ from llvmlite import binding as llvm
 from numba.core import config
 
 VECTOR_WIDTH_VAR = "REFIMPL_VECTOR_WIDTH"
-# LLVM's tuning flag that makes its loop vectoriser stop at 256 bits on AVX-512 CPUs (Intel's since
-# Skylake-SP, AMD's Zen 4 and 5), to spare the clock where 512-bit instructions lower it
+# LLVM's tuning flag that makes its loop vectoriser stop at 256 bits on AVX-512 CPUs (Intel's server
+# tunings have it; whether the Zen ones do was not checked), to spare the clock where 512-bit
+# instructions lower it
 _PREFER_256 = "prefer-256-bit"
 
 
 def use_full_vectors() -> int | None:
-    """Before numba compiles anything: on an AVX-512 host, let LLVM vectorise refimpl's plain loops
+    """Before any numba function is decorated: on an AVX-512 host, let LLVM vectorise refimpl's plain loops
     (the GELU and dequantising stores, the int8 quantisation, LayerNorm) at 512 bits, by numba's
     target features: the host's with ``-prefer-256-bit``. The register tiles use zmm anyway, so the
     clock is already the 512-bit one. Measured on an Intel Xeon with AMX (two alternating runs each,
@@ -28,13 +29,18 @@ def use_full_vectors() -> int | None:
     against 315.8-332.2. The bits do not change: refimpl's sums run in a fixed order
     (tests/test_fast_cross_target.py compares with an AVX2 build).
 
-    Not done when the user chose numba's target (NUMBA_CPU_NAME or NUMBA_CPU_FEATURES), when
-    ``REFIMPL_VECTOR_WIDTH=256``, or when numba compiled something before refimpl was imported (its
-    target is then fixed). Returns the width set (512), or None."""
+    numba's target is one per process: every numba function of the process (other libraries' too)
+    is compiled for it, and numba's on-disk cache keys on it. Not done when the user chose numba's
+    target (NUMBA_CPU_NAME or NUMBA_CPU_FEATURES), when ``REFIMPL_VECTOR_WIDTH=256``, when
+    ``REFIMPL_KERNELS`` forces the avx2 or blas tier (they stand for a CPU without AVX-512), or when
+    any numba function was decorated before refimpl's kernels were first imported (numba fixes its
+    target then; ``describe()`` says which width applies). Returns the width set (512), or None."""
     width = os.environ.get(VECTOR_WIDTH_VAR, "").strip()
     if width not in ("", "256", "512"):
         raise ValueError(f"{VECTOR_WIDTH_VAR}={width!r}: expected 256 or 512 (bits of LLVM's vectorised loops)")
     if width == "256" or config.CPU_FEATURES is not None or config.CPU_NAME not in (None, "host"):
+        return None
+    if os.environ.get("REFIMPL_KERNELS", "").strip().lower() in ("avx2", "blas"):
         return None
     from numba.core.registry import cpu_target
 
