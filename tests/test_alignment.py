@@ -1,6 +1,6 @@
 """Arrays the products read with 64-byte loads start on cache lines (kernels/packing.py: a load that
-straddles two lines is split, 1.6x the time of an AMX int8 product): safetensors files written with
-``align``, the kernels' tile scratch, the pass's buffers."""
+straddles two lines is split; ``python -m tools.product_rates --misaligned`` measures it): safetensors
+files written with ``align``, the kernels' tile scratch, the pass's buffers."""
 
 import json
 

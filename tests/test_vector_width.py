@@ -1,7 +1,7 @@
 """kernels/target.py: on an AVX-512 host numba's loops are vectorised at 512 bits (LLVM's
-prefer-256-bit tuning off), unless the user chose numba's target, asked for 256, or numba compiled
-before refimpl was imported. Each case runs in a fresh interpreter: the target is fixed once numba
-compiles."""
+prefer-256-bit tuning off), unless the user chose numba's target, asked for 256, forced a tier without
+AVX-512, or decorated a numba function before refimpl's kernels were imported. Each case runs in a fresh
+interpreter: numba fixes its target at the first decorated function."""
 
 import os
 import subprocess
@@ -68,3 +68,10 @@ def test_a_width_refimpl_does_not_honour_is_refused():
     r = _run({"REFIMPL_VECTOR_WIDTH": "1024"}, "import refimpl.engines.fast.kernels")
     assert r.returncode != 0
     assert "REFIMPL_VECTOR_WIDTH='1024': expected 256 or 512" in r.stderr
+
+
+def test_the_tiers_without_avx512_are_cpus():
+    from refimpl.engines.fast.kernels import cpu, target
+
+    assert cpu.ENV_VAR == "REFIMPL_KERNELS"
+    assert set(target._TIERS_WITHOUT_AVX512) == {t for t in cpu.TIERS if "avx512f" not in cpu.REQUIRED[t]}

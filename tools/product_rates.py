@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from refimpl.engines.fast.kernels import matmul
+from refimpl.engines.fast.kernels import matmul, packing
 from tools import common
 
 SHAPES = [(768, 768), (3072, 768), (768, 3072)]  # [out, in]; the first four of a layer are 768x768
@@ -38,9 +38,7 @@ def layer_flops(rows):
 def _misaligned(packed):
     """``packed`` with its weight 16 bytes past a cache line (as NumPy's allocator may leave an array)."""
     w = packed.arrays["w"]
-    raw = np.empty(w.nbytes + 128, np.uint8)
-    start = -raw.ctypes.data % 64 + 16
-    moved = raw[start : start + w.nbytes].view(w.dtype).reshape(w.shape)
+    moved = packing.aligned_empty(w.nbytes + 64, np.uint8)[16 : 16 + w.nbytes].view(w.dtype).reshape(w.shape)
     moved[...] = w
     copy = matmul.PackedLinear(packed.mode, packed.n, packed.k, packed.arrays)
     copy.arrays["w"] = moved  # past the constructor, which would align it again

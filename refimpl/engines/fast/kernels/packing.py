@@ -33,13 +33,9 @@ def aligned_empty(shape, dtype, align=ALIGN):
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
-def is_aligned(array, align=ALIGN):
-    return array.ctypes.data % align == 0
-
-
 def aligned(array, align=ALIGN):
     """``array`` if C-contiguous and aligned, else an aligned copy."""
-    if array.flags.c_contiguous and is_aligned(array, align):
+    if array.flags.c_contiguous and array.ctypes.data % align == 0:
         return array
     copy = aligned_empty(array.shape, array.dtype, align)
     copy[...] = array

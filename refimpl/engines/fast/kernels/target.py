@@ -17,6 +17,9 @@ VECTOR_WIDTH_VAR = "REFIMPL_VECTOR_WIDTH"
 # tunings have it; whether the Zen ones do was not checked), to spare the clock where 512-bit
 # instructions lower it
 _PREFER_256 = "prefer-256-bit"
+# cpu.TIERS whose cpu.REQUIRED lacks avx512f, forced by cpu.ENV_VAR (REFIMPL_KERNELS): named here because
+# cpu imports this module (describe); tests/test_vector_width.py checks the two agree
+_TIERS_WITHOUT_AVX512 = ("avx2", "blas")
 
 
 def use_full_vectors() -> int | None:
@@ -24,15 +27,16 @@ def use_full_vectors() -> int | None:
     (the GELU and dequantising stores, the int8 quantisation, LayerNorm) at 512 bits, by numba's
     target features: the host's with ``-prefer-256-bit``. The register tiles use zmm anyway, so the
     clock is already the 512-bit one. Measured on an Intel Xeon with AMX (two alternating runs each,
-    ``python -m tools.profile_forward --compute MODE --repeats 10``, 32 sentences, with
-    ``REFIMPL_VECTOR_WIDTH=256`` and without): int8 97.3-100.6 ms against 88.4-90.9, float32 328.6-336.2
-    against 315.8-332.2. The bits do not change: refimpl's sums run in a fixed order
-    (tests/test_fast_cross_target.py compares with an AVX2 build).
+    ``python -m tools.profile_forward --compute MODE --repeats 10``, 32 sentences, LLVM's 256 bits
+    against ``NUMBA_CPU_FEATURES`` = the host's features + ``-prefer-256-bit``, before this function
+    existed; ``REFIMPL_VECTOR_WIDTH=256`` against the default is the same pair now): int8 97.3-100.6 ms
+    against 88.4-90.9, float32 328.6-336.2 against 315.8-332.2. The bits do not change: refimpl's sums
+    run in a fixed order (tests/test_fast_cross_target.py compares with an AVX2 build).
 
     numba's target is one per process: every numba function of the process (other libraries' too)
     is compiled for it, and numba's on-disk cache keys on it. Not done when the user chose numba's
     target (NUMBA_CPU_NAME or NUMBA_CPU_FEATURES), when ``REFIMPL_VECTOR_WIDTH=256``, when
-    ``REFIMPL_KERNELS`` forces the avx2 or blas tier (they stand for a CPU without AVX-512), or when
+    ``REFIMPL_KERNELS`` forces a tier without avx512f (it stands for a CPU without AVX-512), or when
     any numba function was decorated before refimpl's kernels were first imported (numba fixes its
     target then; ``describe()`` says which width applies). Returns the width set (512), or None."""
     width = os.environ.get(VECTOR_WIDTH_VAR, "").strip()
@@ -40,7 +44,7 @@ def use_full_vectors() -> int | None:
         raise ValueError(f"{VECTOR_WIDTH_VAR}={width!r}: expected 256 or 512 (bits of LLVM's vectorised loops)")
     if width == "256" or config.CPU_FEATURES is not None or config.CPU_NAME not in (None, "host"):
         return None
-    if os.environ.get("REFIMPL_KERNELS", "").strip().lower() in ("avx2", "blas"):
+    if os.environ.get("REFIMPL_KERNELS", "").strip().lower() in _TIERS_WITHOUT_AVX512:
         return None
     from numba.core.registry import cpu_target
 
