@@ -60,6 +60,10 @@ def test_packing_and_buffers_are_aligned():
         a = packing.aligned_empty(shape, dtype)
         assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
         assert a.size == 0 or a.ctypes.data % 64 == 0  # NumPy gives an empty view any address
+    for shape, want in (([2, 3], (2, 3)), (np.int64(5), (5,)), ((np.int32(4), 2), (4, 2))):  # as np.empty takes
+        assert packing.aligned_empty(shape, np.float32).shape == want
+    with pytest.raises(ValueError, match="negative dimensions"):
+        packing.aligned_empty((2, -1), np.float32)
     off = np.empty(100, np.uint8)[3:67].view(np.float32)
     copy = packing.aligned(off)
     assert copy.ctypes.data % 64 == 0 and np.array_equal(copy, off)

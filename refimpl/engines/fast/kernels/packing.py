@@ -14,6 +14,8 @@ Every packed array starts on a 64-byte boundary (``ALIGN``), in memory and in th
 (``packed_weights``): a 64-byte vector or tile-row load that straddles two cache lines is split in two.
 """
 
+import math
+
 import numpy as np
 
 NRP = 48
@@ -27,7 +29,11 @@ ALIGN = 64
 def aligned_empty(shape, dtype, align=ALIGN):
     """An uninitialised C-contiguous array whose first byte is on an ``align``-byte boundary."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # math.prod, not np.prod: 0.2 us against 4 us, and a product's glue calls this for its scratch
+    dims = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    if any(int(d) < 0 for d in dims):
+        raise ValueError("negative dimensions are not allowed: %s" % (shape,))
+    nbytes = math.prod(int(d) for d in dims) * dtype.itemsize
     raw = np.empty(nbytes + align, np.uint8)
     start = -raw.ctypes.data % align
     return raw[start : start + nbytes].view(dtype).reshape(shape)
