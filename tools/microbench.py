@@ -720,18 +720,18 @@ def _old_kernels(*names):
 def products_against():
     """The 48 products of 12 klue-shaped layers of distinct random weights (query, key and value stacked;
     as a pass reads them: more than the caches), at 1, 17 and 494 rows, in every mode, on one tier
-    (``--tier``, default avx2), every product on both cores (the engine runs the smallest on one):
+    (``--tier``, default avx2; amx: int8 and bf16), every product on both cores (the engine runs the smallest on one):
     this checkout's tier module and another checkout's (``--old``, with its common.py) in turn in one
     process, nine rounds, medians; the outputs must be the same bits."""
-    from refimpl.engines.fast.kernels import avx2, avx512, cpu, matmul, threads
+    from refimpl.engines.fast.kernels import amx, avx2, avx512, cpu, matmul, threads
 
     tier = _ARGS.tier or "avx2"
     cpu.check_tier(tier)
     threads.ensure_configured()
-    modules = {"old": _old_kernels("common", tier), "new": {"avx2": avx2, "avx512": avx512}[tier]}
+    modules = {"old": _old_kernels("common", tier), "new": {"avx2": avx2, "avx512": avx512, "amx": amx}[tier]}
     rng = np.random.default_rng(0)
     shapes = [(2304, 768, False), (768, 768, False), (3072, 768, True), (768, 3072, False)]
-    for mode in ("f32", "int8", "bf16"):
+    for mode in ("int8", "bf16") if tier == "amx" else ("f32", "int8", "bf16"):  # float32 stays on avx512
         layers = [(matmul.pack(rng.standard_normal((n, k), np.float32) * 0.05, mode), np.zeros(n, np.float32), gelu)
                   for _ in range(12) for n, k, gelu in shapes]  # fmt: skip
         for rows in (1, 17, 494):
@@ -857,7 +857,7 @@ def main():
     parser.add_argument(
         "--old", help="kernels-against, products-against: another checkout (git worktree add /tmp/old REV)"
     )
-    parser.add_argument("--tier", choices=("avx2", "avx512"), help="products-against: the tier (default avx2)")
+    parser.add_argument("--tier", choices=("avx2", "avx512", "amx"), help="products-against: the tier (default avx2)")
     global _ARGS
     _ARGS = parser.parse_args()
     if _ARGS.experiment in ("kernels-against", "products-against") and not _ARGS.old:

@@ -16,7 +16,8 @@ permission to use the tile state): int8 and bf16 products on the tile unit. floa
   float32 summation bound against the exact sum of the same bf16 numbers; docs/math.md says what differs.
 
 Tile registers: tmm0-2 the C tiles, tmm3 the A tile, tmm4-6 the B tiles. One work item is (a block of
-rows) x (a 48-column panel), as on AVX-512; its rows run in tiles of at most 16. A step is one A tile
+rows) x (a 48-column panel), as on AVX-512; its rows run in tiles of at most 16, all of one height
+(``tile_span``: 17 rows as two tiles of 9 sharing a row). A step is one A tile
 and three B tiles: 16 k steps (64 int8 or 32 bf16 of k). K runs in blocks of KC steps, each block's B
 (KC x 192 bytes) read by every row tile in turn while it stays in L1; between blocks a tile's sums wait
 in T. The K mod 16 steps left over run first, each tile in its own configuration. A configuration
@@ -234,6 +235,18 @@ def _prefetch_ahead(bw, at):
 
 
 @njit(inline="always", cache=True)
+def tile_span(rows, nt, t):
+    """(first row, rows) of row tile t of nt over ``rows`` rows: every tile as tall, ceil(rows / nt), the
+    last one moved back to end at the last row, so that it may share rows with the one before. One
+    height means one tile configuration for the whole item: 17 rows as 9 and 8 reloaded the
+    configuration (``ldtilecfg``, which also zeroes the tiles) at every switch between the two. A row
+    computed twice gets the same sums both times (they do not depend on the other rows of a tile), and
+    both epilogues store the same values."""
+    height = (rows + nt - 1) // nt
+    return min(t * height, rows - height), height
+
+
+@njit(inline="always", cache=True)
 def item_sums(it, xa, bw, T, mb):
     """Work item ``it``'s sums into T (tile t's rows at T[t * 16 * 48:], 48 apart) -> (panel, first row,
     rows). xa: the prepared input (uint8 [M, K] or uint16 [M, K]); bw: the packed weight, k steps on
@@ -250,7 +263,7 @@ def item_sums(it, xa, bw, T, mb):
     full = S - tail
     if tail:
         for t in range(nt):
-            off, mr = C.tile_rows(rows, nt, t)
+            off, mr = tile_span(rows, nt, t)
             current = configure(cfg, mr, tail, current)
             _zero_c()
             _step(xa, (r0 + off) * lda + 4 * full, lda, bw, panel + full * STEP_BYTES, T)
@@ -258,7 +271,7 @@ def item_sums(it, xa, bw, T, mb):
     for k0 in range(0, full, KC):
         k1 = min(k0 + KC, full)
         for t in range(nt):
-            off, mr = C.tile_rows(rows, nt, t)
+            off, mr = tile_span(rows, nt, t)
             current = configure(cfg, mr, TILE_STEPS, current)
             if k0 == 0 and not tail:
                 _zero_c()
@@ -282,7 +295,7 @@ def _item_int8(it, qa, sx, bq, sw, colsum, bias, gelu, out, mb):
     nc = min(NR, out.shape[1] - j0)
     nt = C.n_tiles(rows, MR)
     for t in range(nt):
-        off, mr = C.tile_rows(rows, nt, t)
+        off, mr = tile_span(rows, nt, t)
         C.epi_i8(T[t * MR * NR :], NR, mr, nc, out, r0 + off, j0, bias, sx, sw, colsum, 128, gelu)
 
 
@@ -294,7 +307,7 @@ def _item_bf16(it, xa, bb, bias, gelu, out, mb, rounded):
     nc = min(NR, bias.shape[0] - j0)  # out may be wider: the next product's padded input (rounded)
     nt = C.n_tiles(rows, MR)
     for t in range(nt):
-        off, mr = C.tile_rows(rows, nt, t)
+        off, mr = tile_span(rows, nt, t)
         C.epi_bf16(T[t * MR * NR :], NR, mr, nc, out, r0 + off, j0, bias, gelu, rounded)
 
 
