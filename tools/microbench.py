@@ -20,6 +20,7 @@
     python -m tools.microbench kernels-against --old /tmp/old   # attention, LayerNorm: old modules in turn
     python -m tools.microbench products-against --old /tmp/old  # a tier's products: old module in turn
     python -m tools.microbench tile-alone     # each tier's float32 tile alone on one core, by k steps
+    python -m tools.microbench one-core-or-two  # cold int8 products on one core and two, beside plain reads
 
 Run on an idle machine; each prints its measurements.
 """
@@ -693,6 +694,47 @@ def _timed(work):
     return time.perf_counter() - start
 
 
+def one_core_or_two():
+    """Two klue-shaped int8 products (3072x768 and 768x3072), cold (copies of the weight filling 400 MB,
+    read in turn), at 1 and 17 rows, on one core and on both, beside a plain read of the same arrays
+    with as many threads, on the two best tiers the CPU has (``--tier`` picks one), alternating in
+    one process. It shows where a batch-1 product loses its time: on one core against a one-thread
+    read, on two against a two-thread one. Run it again with ``GOMP_SPINCOUNT=300000`` (workers that do
+    not fall asleep between the products) to see what the wake-ups cost."""
+    from refimpl.engines.fast.kernels import cpu, matmul, policy
+
+    read = _stream_reader()
+    rng = np.random.default_rng(0)
+    tiers = [_ARGS.tier] if _ARGS.tier else [t for t in ("amx", "avx512", "avx2") if not cpu.missing_features(t)][:2]
+    for shape in ((3072, 768), (768, 3072)):
+        base = matmul.pack(rng.standard_normal(shape).astype(np.float32) * 0.05, "int8")
+        copies = [matmul.PackedLinear("int8", base.n, base.k, {k: v.copy() for k, v in base.arrays.items()})
+                  for _ in range(int(400e6 // base.nbytes()))]  # fmt: skip
+        arrays = [p.arrays["w"].reshape(-1).view(np.uint64) for p in copies]
+        bias = np.zeros(shape[0], np.float32)
+        for rows in (1, 17):
+            x = rng.standard_normal((rows, shape[1])).astype(np.float32)
+            out = np.empty((rows, shape[0]), np.float32)
+            for threads in (1, 2):
+                times = {}
+                for repeat in range(4):
+                    for name in (*tiers, "read"):
+                        with policy.forward_pass():
+                            start = time.perf_counter()
+                            if name == "read":
+                                for i, a in enumerate(arrays):
+                                    read(a, arrays[(i + 1) % len(arrays)], 0, threads)
+                            else:
+                                for p in copies:
+                                    matmul.linear(x, p, bias, out=out, tier=name, parallel=threads == 2)
+                            seconds = (time.perf_counter() - start) / len(copies)
+                        if repeat:  # the first round warms up
+                            times.setdefault(name, []).append(seconds)
+                print(f"int8 {shape[0]}x{shape[1]}, {rows} rows, {threads} thread(s): "
+                      + ", ".join(f"{name} {min(v) * 1e6:.0f} us ({base.arrays['w'].nbytes / min(v) / 1e9:.1f} GB/s)"
+                                  for name, v in times.items()), flush=True)  # fmt: skip
+
+
 def _old_kernels(*names):
     """The named modules of kernels/ from the --old checkout, loaded as copies under other names (old_NAME),
     each importing the others' old copies (numba cannot reload its cache of such a module: a fresh place
@@ -851,13 +893,16 @@ def main():
         "kernels-against": kernels_against,
         "products-against": products_against,
         "tile-alone": tile_alone,
+        "one-core-or-two": one_core_or_two,
     }
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=sorted(commands))
     parser.add_argument(
         "--old", help="kernels-against, products-against: another checkout (git worktree add /tmp/old REV)"
     )
-    parser.add_argument("--tier", choices=("avx2", "avx512", "amx"), help="products-against: the tier (default avx2)")
+    parser.add_argument(
+        "--tier", choices=("avx2", "avx512", "amx"), help="products-against (default avx2), one-core-or-two: the tier"
+    )
     global _ARGS
     _ARGS = parser.parse_args()
     if _ARGS.experiment in ("kernels-against", "products-against") and not _ARGS.old:
