@@ -60,7 +60,8 @@ def test_packing_and_buffers_are_aligned():
         a = packing.aligned_empty(shape, dtype)
         assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
         assert a.size == 0 or a.ctypes.data % 64 == 0  # NumPy gives an empty view any address
-    for shape, want in (([2, 3], (2, 3)), (np.int64(5), (5,)), ((np.int32(4), 2), (4, 2))):  # as np.empty takes
+    shapes = (([2, 3], (2, 3)), (np.int64(5), (5,)), ((np.int32(4), 2), (4, 2)), (np.array(3), (3,)))
+    for shape, want in shapes:  # as np.empty takes them
         assert packing.aligned_empty(shape, np.float32).shape == want
     with pytest.raises(ValueError, match="negative dimensions"):
         packing.aligned_empty((2, -1), np.float32)

@@ -8,7 +8,7 @@ them); what is checked here is that they reach the memory the next block reads."
 import numpy as np
 import pytest
 
-from refimpl.engines.fast.kernels import avx2, avx512, common
+from refimpl.engines.fast.kernels import amx, avx2, avx512, common
 from refimpl.engines.fast.kernels import matmul as api
 from refimpl.engines.fast.kernels.intrinsics import PREFETCH_FLAG
 
@@ -86,3 +86,16 @@ def test_tiles_are_balanced_and_cover_the_rows(rows, mr):
     assert [offset for offset, _ in tiles] == [sum(n for _, n in tiles[:t]) for t in range(nt)]
     assert sum(n for _, n in tiles) == rows and max(n for _, n in tiles) <= mr
     assert max(n for _, n in tiles) - min(n for _, n in tiles) <= 1
+
+
+@pytest.mark.parametrize("rows", range(1, 300))
+def test_amx_tiles_are_one_height_and_cover_the_rows(rows):
+    """amx.tile_span (plain Python: runs without AMX): every tile of a work item as tall, at most 16
+    rows, inside the item, every row covered, and only the last tile moved back onto the one before."""
+    nt = common.n_tiles(rows, amx.MR)
+    tiles = [amx.tile_span.py_func(rows, nt, t) for t in range(nt)]
+    assert len({height for _, height in tiles}) == 1 and 1 <= tiles[0][1] <= amx.MR
+    assert all(0 <= first and first + height <= rows for first, height in tiles)
+    assert set().union(*(range(first, first + height) for first, height in tiles)) == set(range(rows))
+    starts = [first for first, _ in tiles]
+    assert starts[:-1] == [t * tiles[0][1] for t in range(nt - 1)] and starts == sorted(starts)

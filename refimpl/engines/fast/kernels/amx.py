@@ -20,7 +20,7 @@ rows) x (a 48-column panel), as on AVX-512; its rows run in tiles of at most 16,
 (``tile_span``: 17 rows as two tiles of 9 sharing a row). A step is one A tile
 and three B tiles: 16 k steps (64 int8 or 32 bf16 of k). K runs in blocks of KC steps, each block's B
 (KC x 192 bytes) read by every row tile in turn while it stays in L1; between blocks a tile's sums wait
-in T. The K mod 16 steps left over run first, each tile in its own configuration. A configuration
+in T. The K mod 16 steps left over run first, in a configuration of their own. A configuration
 (``ldtilecfg``) is loaded only when the shapes change, so chains start with ``tilezero``. Integer sums
 do not depend on the order; the bf16 ones are one chain per element, in increasing k, as elsewhere.
 
