@@ -21,6 +21,7 @@
     python -m tools.microbench products-against --old /tmp/old  # a tier's products: old module in turn
     python -m tools.microbench tile-alone     # each tier's float32 tile alone on one core, by k steps
     python -m tools.microbench one-core-or-two  # cold int8 products on one core and two, beside plain reads
+    python -m tools.microbench vnni-rows      # cold int8 products by rows: VNNI's kernel against the tiles
 
 Run on an idle machine; each prints its measurements.
 """
@@ -742,6 +743,39 @@ def one_core_or_two():
                                   for name, v in times.items()), flush=True)  # fmt: skip
 
 
+def vnni_rows():
+    """Whether the amx tier should hand int8 products of a few rows to the VNNI kernel (the same
+    integers, so the same bits): cold int8 products (copies of each weight filling 300 MB, read in
+    turn) at 2-17 rows on the tiles and on the VNNI kernel, alternating in one process, six rounds (the
+    first warms up, the order turns each round). Prints the VNNI kernel's median time over the tiles'
+    by rows. AMX CPUs only."""
+    from refimpl.engines.fast.kernels import amx, avx512, cpu, matmul, policy
+
+    cpu.check_tier("amx")
+    rng = np.random.default_rng(0)
+    products = {"tiles": amx.linear_int8, "vnni": avx512.linear_int8}
+    for shape in ((2304, 768), (3072, 768), (768, 3072)):
+        base = matmul.pack(rng.standard_normal(shape).astype(np.float32) * 0.05, "int8")
+        copies = [matmul.PackedLinear("int8", base.n, base.k, {k: v.copy() for k, v in base.arrays.items()})
+                  for _ in range(int(300e6 // base.nbytes()))]  # fmt: skip
+        bias = np.zeros(shape[0], np.float32)
+        ratios = []
+        for rows in (2, 4, 6, 8, 10, 12, 16, 17):
+            x = rng.standard_normal((rows, shape[1])).astype(np.float32)
+            out = np.empty((rows, shape[0]), np.float32)
+            times = {name: [] for name in products}
+            for round_ in range(6):
+                for name in list(products)[:: 1 if round_ % 2 else -1]:
+                    with policy.forward_pass():
+                        start = time.perf_counter()
+                        for p in copies:
+                            products[name](x, p.arrays, bias, False, out)
+                        if round_:
+                            times[name].append(time.perf_counter() - start)
+            ratios.append(f"{rows}: {statistics.median(times['vnni']) / statistics.median(times['tiles']):.2f}")
+        print(f"int8 {shape[0]}x{shape[1]}, VNNI's time over the tiles' by rows: " + ", ".join(ratios), flush=True)
+
+
 def _old_kernels(*names):
     """The named modules of kernels/ from the --old checkout, loaded as copies under other names (old_NAME),
     each importing the others' old copies (numba cannot reload its cache of such a module: a fresh place
@@ -907,6 +941,7 @@ def main():
         "products-against": products_against,
         "tile-alone": tile_alone,
         "one-core-or-two": one_core_or_two,
+        "vnni-rows": vnni_rows,
     }
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=sorted(commands))
