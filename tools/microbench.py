@@ -695,6 +695,30 @@ def _timed(work):
     return time.perf_counter() - start
 
 
+def _cold_copies(base, nbytes):
+    """Copies of the PackedLinear ``base`` filling ``nbytes``: read in turn, each comes from DRAM as a
+    forward pass's weights do."""
+    from refimpl.engines.fast.kernels import matmul
+
+    arrays = base.arrays
+    return [matmul.PackedLinear(base.mode, base.n, base.k, {k: v.copy() for k, v in arrays.items()})
+            for _ in range(max(1, int(nbytes // base.nbytes())))]  # fmt: skip
+
+
+def _alternating(cases, rounds, warmup=0):
+    """Seconds of each of ``cases`` ({name: function}) per round, the order reversed every round (whatever
+    ran second in a round came out 2-5% faster against an identical checkout), the first ``warmup``
+    rounds dropped -> {name: [seconds]}."""
+    times = {name: [] for name in cases}
+    for round_ in range(rounds):
+        for name in list(cases)[:: 1 if round_ % 2 else -1]:
+            start = time.perf_counter()
+            cases[name]()
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def one_core_or_two():
     """Two klue-shaped int8 products (3072x768 and 768x3072), cold (copies of the weight filling 400 MB,
     read in turn), at 1 and 17 rows, on one core and on both, beside a plain read of the same arrays
@@ -716,8 +740,7 @@ def one_core_or_two():
         tiers = list(dict.fromkeys(runs_on(t) for t in ("amx", "avx512", "avx2") if not cpu.missing_features(t)))[:2]
     for shape in ((3072, 768), (768, 3072)):
         base = matmul.pack(rng.standard_normal(shape).astype(np.float32) * 0.05, "int8")
-        copies = [matmul.PackedLinear("int8", base.n, base.k, {k: v.copy() for k, v in base.arrays.items()})
-                  for _ in range(int(400e6 // base.nbytes()))]  # fmt: skip
+        copies = _cold_copies(base, 400e6)
         arrays = [p.arrays["w"].reshape(-1).view(np.uint64) for p in copies]
         bias = np.zeros(shape[0], np.float32)
         for rows in (1, 17):
@@ -756,22 +779,20 @@ def vnni_rows():
     products = {"tiles": amx.linear_int8, "vnni": avx512.linear_int8}
     for shape in ((2304, 768), (3072, 768), (768, 3072)):
         base = matmul.pack(rng.standard_normal(shape).astype(np.float32) * 0.05, "int8")
-        copies = [matmul.PackedLinear("int8", base.n, base.k, {k: v.copy() for k, v in base.arrays.items()})
-                  for _ in range(int(300e6 // base.nbytes()))]  # fmt: skip
+        copies = _cold_copies(base, 300e6)
         bias = np.zeros(shape[0], np.float32)
         ratios = []
         for rows in (2, 4, 6, 8, 10, 12, 16, 17):
             x = rng.standard_normal((rows, shape[1])).astype(np.float32)
             out = np.empty((rows, shape[0]), np.float32)
-            times = {name: [] for name in products}
-            for round_ in range(6):
-                for name in list(products)[:: 1 if round_ % 2 else -1]:
-                    with policy.forward_pass():
-                        start = time.perf_counter()
-                        for p in copies:
-                            products[name](x, p.arrays, bias, False, out)
-                        if round_:
-                            times[name].append(time.perf_counter() - start)
+
+            def run(product):
+                with policy.forward_pass():
+                    for p in copies:
+                        product(x, p.arrays, bias, False, out)
+
+            cases = {name: (lambda product=product: run(product)) for name, product in products.items()}
+            times = _alternating(cases, 6, warmup=1)
             ratios.append(f"{rows}: {statistics.median(times['vnni']) / statistics.median(times['tiles']):.2f}")
         print(f"int8 {shape[0]}x{shape[1]}, VNNI's time over the tiles' by rows: " + ", ".join(ratios), flush=True)
 
@@ -845,15 +866,9 @@ def products_against():
                 return run, outs
 
             runs = {label: pass_of(module) for label, module in modules.items()}
-            times = {label: [] for label in runs}
             for run, _ in runs.values():
                 run()
-            for round_ in range(10):  # the order turns every round: the second run of a round was faster
-                for label in list(runs)[:: 1 if round_ % 2 else -1]:
-                    run = runs[label][0]
-                    start = time.perf_counter()
-                    run()
-                    times[label].append(time.perf_counter() - start)
+            times = _alternating({label: run for label, (run, _) in runs.items()}, 10)
             same = all(np.array_equal(a, b) for a, b in zip(runs["old"][1], runs["new"][1]))
             assert same, f"{mode}, {rows} rows: old and new products differ"
             flops = sum(2 * rows * p.n * p.k for p, _, _ in layers)

@@ -31,10 +31,10 @@ def aligned_empty(shape, dtype, align=ALIGN):
     dtype = np.dtype(dtype)
     # math.prod, not np.prod, which costs more than the allocation: a product's glue calls this for its scratch
     scalar = isinstance(shape, (int, np.integer)) or getattr(shape, "ndim", 1) == 0
-    dims = (int(shape),) if scalar else tuple(shape)
-    if any(int(d) < 0 for d in dims):
+    dims = (int(shape),) if scalar else tuple(int(d) for d in shape)
+    if min(dims, default=0) < 0:
         raise ValueError("negative dimensions are not allowed: %s" % (shape,))
-    nbytes = math.prod(int(d) for d in dims) * dtype.itemsize
+    nbytes = math.prod(dims) * dtype.itemsize
     raw = np.empty(nbytes + align, np.uint8)
     start = -raw.ctypes.data % align
     return raw[start : start + nbytes].view(dtype).reshape(shape)
