@@ -278,3 +278,36 @@ def test_the_packed_weights_sit_on_cache_lines_in_the_file_and_in_memory(tiny_mo
         }
         print(source, offsets)
         assert set(offsets.values()) == {0}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_stacked_qkv_bias_is_stacked_once_at_load(path, mode):
+    """The packed query-key-value product carries its bias, stacked once at load as its weight was; the
+    pass uses it (a broken one changes the vectors), and a pass on packed layers without it stacks the
+    weights' biases itself, to the same bits."""
+    from refimpl.engines.fast.kernels import matmul
+
+    model = SentenceTransformer(path, compute=mode)
+    engine = model.pipeline.transformer.engine()
+    layers = engine.packed_layers()
+    if layers is None:
+        pytest.skip("float32 on the blas tier packs nothing: no stacked product")
+    weights = model.pipeline.transformer.weights["encoder"]["layer"]
+    for layer, packed in zip(weights, layers):
+        sw = layer["attention"]["self"]
+        want = np.concatenate([sw[name]["bias"] for name in ("query", "key", "value")])
+        assert np.array_equal(packed["attention.self.qkv"].bias, want)
+    expected = model.encode(TEXTS)
+    stacked = layers[0]["attention.self.qkv"]
+    kept = stacked.bias
+    try:
+        stacked.bias = None  # a packed dict built by hand: encoder.attention stacks the biases itself
+        assert np.array_equal(model.encode(TEXTS), expected)
+        stacked.bias = kept + np.float32(0.5)  # deliberately broken: the pass must read it
+        changed = np.abs(model.encode(TEXTS) - expected).max()
+        print(f"{mode}: max change with the stacked bias off by 0.5: {changed:.3g}")
+        assert changed > 1e-3
+    finally:
+        stacked.bias = kept
+    with pytest.raises(ValueError, match=r"bias must be \[%d\], got \(3,\)" % stacked.n):
+        matmul.PackedLinear(stacked.mode, stacked.n, stacked.k, stacked.arrays, bias=np.zeros(3, np.float32))

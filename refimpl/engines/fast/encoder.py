@@ -12,6 +12,7 @@ the result equals ``forward.encoder`` on the real tokens (tests/test_parity.py).
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 
 import numpy as np
@@ -34,7 +35,9 @@ def packed_position_ids(input_ids, cu_seqlens, config: EncoderConfig) -> np.ndar
     return np.arange(input_ids.shape[0], dtype=np.int64) - starts
 
 
+@functools.lru_cache(maxsize=64)
 def _scalar(value, dtype):
+    """``value`` as a NumPy scalar of ``dtype``, made once per (value, dtype): a pass asks 37 times."""
     return np.dtype(dtype).type(value)
 
 
@@ -179,7 +182,10 @@ def attention(x, cu_seqlens, w, config: EncoderConfig, keep_probabilities=False,
     if packed and stacked is None:
         raise ValueError(f"packed attention products {sorted(packed)} lack 'self.qkv' (query, key and value stacked)")
     if stacked is not None:
-        bias = {"bias": np.concatenate([sw[name]["bias"] for name in ("query", "key", "value")])}
+        stacked_bias = stacked.bias  # set by packed_weights.packed_layers, else stacked here
+        if stacked_bias is None:
+            stacked_bias = np.concatenate([sw[name]["bias"] for name in ("query", "key", "value")])
+        bias = {"bias": stacked_bias}
         qkv = linear(x, bias, stacked, out=scratch.get("qkv"), scratch=scratch)
         result = attention_kernels.attention_qkv(
             qkv, cu_seqlens, heads, scale, out=context, probabilities=keep_probabilities

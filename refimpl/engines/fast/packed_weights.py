@@ -207,6 +207,11 @@ def release_checkpoint_pages(weights: dict):
 def packed_layers(weights: dict, mode: str, weights_file: Path | None) -> list[dict]:
     """Per layer, {"attention.self.qkv": PackedLinear, ...}: the packed form of its linear layers (PACKED)."""
     packed = load_or_pack(weights, mode, weights_file)
-    return [
-        {name: packed[f"layer.{index}.{name}."] for name in PACKED} for index in range(len(weights["encoder"]["layer"]))
-    ]
+    layers = []
+    for index, layer in enumerate(weights["encoder"]["layer"]):
+        products = {name: packed[f"layer.{index}.{name}."] for name in PACKED}
+        # the stacked product's bias, stacked once here (not in every pass: batch 1 runs 12 of them in
+        # a gap where numba's worker may fall asleep); the weights are read-only, as packed once
+        products["attention.self.qkv"].bias = np.concatenate([sub_dict(layer, name)["bias"] for name in QKV])
+        layers.append(products)
+    return layers

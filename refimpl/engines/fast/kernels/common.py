@@ -36,12 +36,13 @@ def quantize_row(x, i, q, sx, offset):
     xu = xr.view(np.uint32)
     m = np.uint32(0)
     for k in range(K):
-        u = xu[k] & np.uint32(0x7FFFFFFF)
+        u = np.uint32(xu[k] & np.uint32(0x7FFFFFFF))  # numba widens the & to 64 bits: half the lanes
         m = u if u > m else m
     amax = np.uint32(m).view(np.float32)
     s = amax / _F127
     sx[i] = s
     row = q[i]
+    low = np.int32(offset)
     if s == np.float32(0.0):
         for k in range(row.size):
             row[k] = offset
@@ -49,7 +50,7 @@ def quantize_row(x, i, q, sx, offset):
         for k in range(K):
             v = np.rint(xr[k] / s)
             v = min(max(v, np.float32(-127.0)), np.float32(127.0))
-            row[k] = np.int32(v) + offset
+            row[k] = np.int32(np.int32(v) + low)  # 32-bit lanes (an int64 offset widened them); same bytes
         for k in range(K, row.size):
             row[k] = offset
 

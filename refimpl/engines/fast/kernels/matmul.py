@@ -42,15 +42,18 @@ _ID_MODE = {v: k for k, v in _MODE_ID.items()}
 class PackedLinear:
     """Packed weight of one linear layer (tier independent)."""
 
-    __slots__ = ("mode", "n", "k", "arrays", "_zero_bias")
+    __slots__ = ("mode", "n", "k", "arrays", "bias", "_zero_bias")
 
-    def __init__(self, mode, n, k, arrays):
+    def __init__(self, mode, n, k, arrays, bias=None):
         if mode not in _MODE_ID:
             raise ValueError("unknown mode %r" % (mode,))
         self.mode = mode
         self.n = int(n)
         self.k = int(k)
         self.arrays = {name: packing.aligned(a) for name, a in arrays.items()}  # unaligned: copied
+        # the bias of a product whose weight the loader stacked from several (query, key and value),
+        # stacked once as the weight was (not stored in the packed format; None: the caller's own)
+        self.bias = None if bias is None else _float32_vector(bias, self.n, "bias")
         self._zero_bias = None
 
     @property
@@ -302,12 +305,16 @@ def _bias(bias, packed):
     """The bias as the kernels read it: [out] float32 C-contiguous (zeros for None)."""
     if bias is None:
         return packed.zero_bias()
-    if type(bias) is np.ndarray and bias.dtype == np.float32 and bias.shape == (packed.n,) and bias.flags.c_contiguous:
-        return bias
-    bias = np.ascontiguousarray(bias, dtype=np.float32)
-    if bias.shape != (packed.n,):
-        raise ValueError("bias must be [%d]" % packed.n)
-    return bias
+    return _float32_vector(bias, packed.n, "bias")
+
+
+def _float32_vector(vector, n, name):
+    if type(vector) is np.ndarray and vector.dtype == np.float32 and vector.shape == (n,) and vector.flags.c_contiguous:
+        return vector
+    vector = np.ascontiguousarray(vector, dtype=np.float32)
+    if vector.shape != (n,):
+        raise ValueError("%s must be [%d], got %s" % (name, n, vector.shape))
+    return vector
 
 
 def _parallel(parallel, rows, packed):
