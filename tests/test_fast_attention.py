@@ -309,6 +309,7 @@ def test_a_forward_pass_reads_the_environment_once(monkeypatch):
     from refimpl.engines.fast.kernels import cpu, policy
 
     monkeypatch.setattr(policy, "AUTO_PARALLEL", None)
+    monkeypatch.setattr(policy, "LOAD_ADAPTATION", "off")  # a busy machine would take a thread (test_load_adaptation)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setattr(numba.config, "THREADING_LAYER", "omp")
     monkeypatch.setenv("GOMP_SPINCOUNT", "1000")

@@ -17,6 +17,22 @@ AUTO_PARALLEL:
   norms.PARALLEL_MIN_ELEMENTS).
 - True / False: force on (above the thresholds) / off.
 Explicit ``parallel=True/False`` arguments and the ``*_parallel`` / ``*_serial`` builds ignore it.
+
+LOAD_ADAPTATION (passes whose products run on refimpl's kernels):
+below their size thresholds attention and the LayerNorms run serial, and a serial stretch longer
+than GNU OpenMP's short spin (~25 us) puts numba's worker to sleep; the next product then waits
+35-60 us for it (on a KVM guest, ``python -m tools.microbench wake``), three times a layer at
+batch 1. Run in parallel, they keep the worker awake (batch 1 in int8: 7.1 instead of 8.8 ms on
+that guest). But with another process busy on a core every parallel region waits for the worker to
+be scheduled beside it, and the same change made batch 1 22-34% slower (``python -m tools.microbench
+between``); there a pass does better on the free cores alone. So, per pass:
+- "auto" (default): ``LoadMonitor`` tells how busy other processes keep the CPUs this process may
+  run on (over the last ``LOAD_WINDOW`` seconds). Below ``BUSY_CORES`` of a core: as "quiet".
+  Above: as "busy". Unknown (no /proc/stat): as "off".
+- "quiet": the small kernels in parallel too (``use_parallel`` ignores their thresholds).
+- "busy": numba's thread count lowered, for the pass, to the cores the others leave free (at least 1).
+- "off": neither.
+The serial and parallel builds give the same bits at any thread count: the choice never changes a result.
 """
 
 from __future__ import annotations
@@ -24,13 +40,119 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 
 import numba
 
 from refimpl.engines.fast.kernels import cpu, threads
 
 AUTO_PARALLEL = None
+LOAD_ADAPTATION = "auto"
+BUSY_CORES = 0.5  # other processes' use of this process's CPUs, in cores, above which a pass does not keep awake
+LOAD_WINDOW = 0.1  # seconds: /proc/stat counts in 10 ms ticks, so over 0.1 s it is within 0.1 core per CPU
 _forward = threading.local()
+
+
+class LoadMonitor:
+    """How busy the CPUs this process may run on are with other processes' work: the non-idle time
+    /proc/stat counts on them (steal included: a hypervisor's other guests take the core just the same),
+    less this process's own CPU time, over the last window of at least ``window`` seconds.
+
+    ``busy()`` reads at most once per window (a read costs ~10 us on 2 CPUs) and answers from the last
+    reading in between; None when the counts cannot be read."""
+
+    def __init__(self, window=LOAD_WINDOW, read_stat=None, clock=time.monotonic, own_seconds=None):
+        self.window = window
+        self._read_stat = read_stat or proc_stat_busy_seconds
+        self._clock = clock
+        self._own_seconds = own_seconds or own_cpu_seconds
+        self._last = None  # (time, busy seconds of the CPUs, own seconds)
+        self._lock = threading.Lock()
+        self.others = None  # cores' worth of other processes' work in the last window
+        self.cpus = None  # CPUs counted
+
+    def busy(self, cores=None):
+        """Whether other processes kept the CPUs busier than ``cores`` (default BUSY_CORES), or None."""
+        now = self._clock()
+        with self._lock:
+            if self._last is None or now - self._last[0] >= self.window:
+                self._sample(now)
+        if self.others is None:
+            return None
+        return self.others >= (BUSY_CORES if cores is None else cores)
+
+    def free_cores(self):
+        """Cores' worth of the CPUs that other processes leave free (at the last reading), or None."""
+        if self.others is None:
+            return None
+        return max(0.0, self.cpus - self.others)
+
+    def _sample(self, now):
+        reading = self._read_stat()
+        if reading is None:
+            self._last, self.others = None, None
+            return
+        stat, cpus = reading
+        own = self._own_seconds()
+        if self._last is not None and now > self._last[0]:
+            then, stat_before, own_before = self._last
+            self.others = max(0.0, (stat - stat_before) - (own - own_before)) / (now - then)
+            self.cpus = cpus
+        self._last = (now, stat, own)
+
+
+def own_cpu_seconds():
+    times = os.times()
+    return times.user + times.system
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_IDLE_FIELDS = (3, 4)  # idle, iowait (the fields after the "cpuN" label: user nice system idle iowait ...)
+
+
+def proc_stat_busy_seconds(path="/proc/stat"):
+    """(seconds of non-idle time /proc/stat counts on the CPUs this process may run on, how many CPUs
+    it counted), or None."""
+    try:
+        allowed = os.sched_getaffinity(0)
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except (OSError, AttributeError):
+        return None
+    total = 0
+    seen = 0
+    for line in lines:
+        label, _, rest = line.partition(" ")
+        if not (label.startswith("cpu") and label[3:].isdigit() and int(label[3:]) in allowed):
+            continue
+        fields = rest.split()[:8]  # user nice system idle iowait irq softirq steal (guest is in user)
+        if len(fields) < 8 or not all(v.isdigit() for v in fields):
+            return None
+        total += sum(int(v) for i, v in enumerate(fields) if i not in _IDLE_FIELDS)
+        seen += 1
+    return (total / _TICKS, seen) if seen else None
+
+
+LOAD = LoadMonitor()
+LOAD.busy()  # the first reading, so that a window has passed by the first forward pass (loading a model)
+
+
+def load_state() -> str:
+    """ "quiet", "busy" or "off": how the next pass adapts to the machine's load (LOAD_ADAPTATION)."""
+    if LOAD_ADAPTATION != "auto":
+        if LOAD_ADAPTATION not in ("quiet", "busy", "off"):
+            raise ValueError(f"policy.LOAD_ADAPTATION must be auto, quiet, busy or off, not {LOAD_ADAPTATION!r}")
+        return LOAD_ADAPTATION
+    busy = LOAD.busy()
+    return "off" if busy is None else "busy" if busy else "quiet"
+
+
+def threads_under_load(current: int, free_cores) -> int:
+    """numba threads for a pass when others keep some cores busy: the free ones, at least 1, at most
+    ``current``."""
+    if free_cores is None:
+        return current
+    return max(1, min(current, int(free_cores + 0.5)))
 
 
 @contextlib.contextmanager
@@ -61,10 +183,18 @@ def forward_pass(on_blas: bool = False):
         snapshot = {name: os.environ.get(name, "") for name in VARIABLES}
         _forward.snapshot = snapshot
         snapshot["allowed"] = _environment_allows()
+        state = "off" if on_blas else load_state()  # OpenBLAS's own threads: not numba's to share
+        snapshot["load"] = state
+        snapshot["keep_awake"] = state == "quiet" and snapshot["allowed"]
         snapshot["serial_flops"] = threads.serial_flops()
+        before = numba.get_num_threads() if state == "busy" else None
+        if before is not None:
+            numba.set_num_threads(threads_under_load(before, LOAD.free_cores() if LOAD_ADAPTATION == "auto" else 1))
         try:
             yield
         finally:
+            if before is not None:
+                numba.set_num_threads(before)
             _forward.snapshot = previous
 
 
@@ -103,9 +233,12 @@ def _environment_allows() -> bool:
 
 
 def use_parallel(work: float, threshold: float) -> bool:
+    """Whether a kernel of ``work`` runs its parallel build: allowed (AUTO_PARALLEL) and either at least
+    ``threshold`` or, inside a forward pass that keeps numba's worker awake (LOAD_ADAPTATION "quiet"), any size."""
     snapshot = getattr(_forward, "snapshot", None)
     if AUTO_PARALLEL is not None:
         allowed = bool(AUTO_PARALLEL)
     else:
         allowed = snapshot["allowed"] if snapshot is not None else _environment_allows()
-    return allowed and work >= threshold and numba.get_num_threads() > 1
+    big_enough = work >= threshold or (snapshot is not None and snapshot["keep_awake"])
+    return allowed and big_enough and numba.get_num_threads() > 1
