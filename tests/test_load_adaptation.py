@@ -36,28 +36,29 @@ class FakeMachine:
 def test_the_monitor_counts_other_processes_work_over_its_window():
     machine = FakeMachine()
     monitor = machine.monitor()
-    assert monitor.busy() is None and monitor.free_cores() is None  # one reading: no window yet
+    assert monitor.busy(2) is None and monitor.free_cores() is None  # one reading: no window yet
     machine.now += 0.2
     machine.stat += 0.3  # 0.3 s of busy CPU time in 0.2 s, 0.1 s of it this process's own
     machine.own += 0.1
-    assert monitor.busy() is True  # (0.3 - 0.1) / 0.2 = 1 core of other work
+    assert monitor.busy(2) is True  # (0.3 - 0.1) / 0.2 = 1 core of other work: 1 free for 2 threads
+    assert monitor.busy(1) is False  # room for one
     assert monitor.others == pytest.approx(1.0) and monitor.free_cores() == pytest.approx(1.0)
     reads = machine.reads
     machine.now += 0.05  # within the window: the last reading answers
     machine.stat += 10.0
-    assert monitor.busy() is True and machine.reads == reads
+    assert monitor.busy(2) is True and machine.reads == reads
     machine.now += 0.2  # 10.02 s busy, all of them ours: nobody else
     machine.stat += 0.02
     machine.own += 10.02
-    assert monitor.busy() is False and monitor.others == pytest.approx(0.0, abs=1e-9)
+    assert monitor.busy(2) is False and monitor.others == pytest.approx(0.0, abs=1e-9)
     assert monitor.free_cores() == pytest.approx(2.0)
-    assert monitor.busy(cores=0.0) is True  # at or above the threshold given
+    assert monitor.busy(3) is True  # 2 CPUs cannot hold 3 threads
     machine.now += 0.2
-    machine.stat += 0.08  # 0.4 of a core: below BUSY_CORES (0.5)
-    assert monitor.busy() is False and monitor.others == pytest.approx(0.4)
+    machine.stat += 0.08  # 0.4 of a core: 1.6 free, SPARE_CORES (0.5) short of 2 at most
+    assert monitor.busy(2) is False and monitor.others == pytest.approx(0.4)
     machine.readable = False
     machine.now += 0.2
-    assert monitor.busy() is None and monitor.free_cores() is None
+    assert monitor.busy(2) is None and monitor.free_cores() is None
 
 
 def test_proc_stat_is_read_for_the_cpus_this_process_may_use(tmp_path):
@@ -94,9 +95,9 @@ def test_a_busy_core_is_seen():
     try:
         time.sleep(0.3)  # the interpreter is running its loop
         monitor = policy.LoadMonitor(window=0.4)
-        monitor.busy()
+        monitor.busy(1)
         time.sleep(0.5)
-        busy = monitor.busy()
+        busy = monitor.busy(len(os.sched_getaffinity(0)))  # every CPU wanted: the busy one is not free
         print(f"other work: {monitor.others:.2f} cores of {monitor.cpus}")
         assert busy is True and 0.6 < monitor.others < monitor.cpus + 0.2
     finally:
@@ -147,7 +148,7 @@ def test_auto_follows_the_monitor(monkeypatch, spinning_briefly):
     monitor = machine.monitor()
     monkeypatch.setattr(policy, "LOAD", monitor)
     monkeypatch.setattr(policy, "LOAD_ADAPTATION", "auto")
-    monitor.busy()
+    monitor.busy(2)
     assert policy.load_state() == "off"  # no window yet: as before the monitor existed
     machine.now += 0.2
     machine.stat += 0.2  # one core of others' work

@@ -27,8 +27,10 @@ that guest). But with another process busy on a core every parallel region waits
 be scheduled beside it, and the same change made batch 1 22-34% slower (``python -m tools.microbench
 between``); there a pass does better on the free cores alone. So, per pass:
 - "auto" (default): ``LoadMonitor`` tells how busy other processes keep the CPUs this process may
-  run on (over the last ``LOAD_WINDOW`` seconds). Below ``BUSY_CORES`` of a core: as "quiet".
-  Above: as "busy". Unknown (no /proc/stat): as "off".
+  run on (over the last ``LOAD_WINDOW`` seconds). If the cores they leave free hold all of numba's
+  threads (``SPARE_CORES`` short at most): as "quiet". Otherwise: as "busy". Unknown (no /proc/stat):
+  as "off". The readings lag: for ``LOAD_WINDOW`` after other work starts or stops, a pass may
+  still act on the state before.
 - "quiet": the small kernels in parallel too (``use_parallel`` ignores their thresholds).
 - "busy": numba's thread count lowered, for the pass, to the cores the others leave free (at least 1).
 - "off": neither.
@@ -48,7 +50,7 @@ from refimpl.engines.fast.kernels import cpu, threads
 
 AUTO_PARALLEL = None
 LOAD_ADAPTATION = "auto"
-BUSY_CORES = 0.5  # other processes' use of this process's CPUs, in cores, above which a pass does not keep awake
+SPARE_CORES = 0.5  # the free cores may fall this much short of numba's threads and still count as room for them
 LOAD_WINDOW = 0.1  # seconds: /proc/stat counts in 10 ms ticks, so over 0.1 s it is within 0.1 core per CPU
 _forward = threading.local()
 
@@ -71,15 +73,16 @@ class LoadMonitor:
         self.others = None  # cores' worth of other processes' work in the last window
         self.cpus = None  # CPUs counted
 
-    def busy(self, cores=None):
-        """Whether other processes kept the CPUs busier than ``cores`` (default BUSY_CORES), or None."""
+    def busy(self, threads):
+        """Whether other processes leave too few cores free for ``threads`` threads (SPARE_CORES short at
+        most), or None."""
         now = self._clock()
         with self._lock:
             if self._last is None or now - self._last[0] >= self.window:
                 self._sample(now)
         if self.others is None:
             return None
-        return self.others >= (BUSY_CORES if cores is None else cores)
+        return self.cpus - self.others < threads - SPARE_CORES
 
     def free_cores(self):
         """Cores' worth of the CPUs that other processes leave free (at the last reading), or None."""
@@ -134,16 +137,17 @@ def proc_stat_busy_seconds(path="/proc/stat"):
 
 
 LOAD = LoadMonitor()
-LOAD.busy()  # the first reading, so that a window has passed by the first forward pass (loading a model)
+LOAD.busy(1)  # the first reading, so that a window has passed by the first forward pass (loading a model)
 
 
 def load_state() -> str:
-    """ "quiet", "busy" or "off": how the next pass adapts to the machine's load (LOAD_ADAPTATION)."""
+    """How the next pass of the calling thread adapts to the machine's load: "quiet", "busy" or "off"
+    (LOAD_ADAPTATION)."""
     if LOAD_ADAPTATION != "auto":
         if LOAD_ADAPTATION not in ("quiet", "busy", "off"):
             raise ValueError(f"policy.LOAD_ADAPTATION must be auto, quiet, busy or off, not {LOAD_ADAPTATION!r}")
         return LOAD_ADAPTATION
-    busy = LOAD.busy()
+    busy = LOAD.busy(numba.get_num_threads())
     return "off" if busy is None else "busy" if busy else "quiet"
 
 
