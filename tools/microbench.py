@@ -9,6 +9,7 @@
     python -m tools.microbench numba-rss      # what importing numba and loading a kernel add to RSS
     python -m tools.microbench qkv            # query, key and value as three products or one stacked
     python -m tools.microbench attention-call # attention's Python wrapper against its numba driver, batch 1
+    python -m tools.microbench attention-cold # batch 1's attention serial and parallel, alone and after its product
     python -m tools.microbench stream         # 12 layers' packed weights read as plain streams (batch 1's floor)
     python -m tools.microbench overlap        # batch-1 products against plain streams of their weights, by rows
     python -m tools.microbench wake           # a parallel region after a pause: when numba's worker is asleep
@@ -298,6 +299,43 @@ def attention_call():
     )
     public = _best_microseconds(lambda: A.attention(q, k, v, cu, 12, 0.125, out=out, parallel=False), 3000)
     print(f"attention(..., parallel=False) {public:.1f} us, its serial driver alone {driver:.1f} us")
+
+
+def attention_cold():
+    """One 17-token sentence's attention (12 heads of 64) serial and parallel, in turn: called again
+    and again (operands in cache), and right after the stacked query-key-value product that writes its
+    input, on one of eight weight copies in rotation (the weights stream from memory, as in a pass)."""
+    from refimpl.engines.fast.kernels import attention as A
+    from refimpl.engines.fast.kernels import matmul
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((17, 768), dtype=np.float32)
+    copies = [matmul.pack(rng.standard_normal((3 * 768, 768), dtype=np.float32) * 0.03, "float32") for _ in range(8)]
+    qkv = matmul.linear(x, copies[0])
+    cu, out = np.array([0, 17], np.int64), np.empty((17, 768), np.float32)
+    turn = [0]
+
+    def call(parallel, after_product):
+        def work():
+            if after_product:
+                turn[0] = (turn[0] + 1) % len(copies)
+                matmul.linear(x, copies[turn[0]], out=qkv)
+            start = time.perf_counter()
+            A.attention_qkv(qkv, cu, 12, 0.125, out=out, parallel=parallel)
+            return time.perf_counter() - start
+
+        return work
+
+    variants = {(p, a): call(p, a) for a in (False, True) for p in (False, True)}
+    times = {key: [] for key in variants}
+    for work in variants.values():
+        work()
+    for _ in range(300):
+        for key, work in variants.items():
+            times[key].append(work())
+    for (parallel, after_product), values in times.items():
+        where = "after its product" if after_product else "called again     "
+        print(f"{'parallel' if parallel else 'serial  '} {where}: median {statistics.median(values) * 1e6:.1f} us")
 
 
 def _stream_reader():
@@ -943,6 +981,7 @@ def main():
         "stream": stream,
         "qkv": qkv,
         "attention-call": attention_call,
+        "attention-cold": attention_cold,
         "orientation": orientation,
         "split": split,
         "error-model": error_model,
