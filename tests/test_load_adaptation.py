@@ -24,13 +24,16 @@ class FakeMachine:
     def __init__(self, cpus=2):
         self.now, self.stat, self.own, self.cpus, self.reads = 100.0, 50.0, 3.0, cpus, 0
         self.readable = True
+        self.running = 0  # other threads running at this moment (/proc/loadavg)
 
     def read_stat(self):
         self.reads += 1
         return (self.stat, self.cpus) if self.readable else None
 
-    def monitor(self, window=0.1):
-        return policy.LoadMonitor(window, self.read_stat, lambda: self.now, lambda: self.own)
+    def monitor(self, window=0.1, stale_after=0.3):
+        return policy.LoadMonitor(
+            window, self.read_stat, lambda: self.now, lambda: self.own, stale_after, lambda: self.running
+        )
 
 
 def test_the_monitor_counts_other_processes_work_over_its_window():
@@ -59,6 +62,54 @@ def test_the_monitor_counts_other_processes_work_over_its_window():
     machine.readable = False
     machine.now += 0.2
     assert monitor.busy(2) is None and monitor.free_cores() is None
+
+
+def test_after_a_pause_the_monitor_counts_the_threads_running_now():
+    """A neighbour busy on both cores for 6 s while this process waited, stopped now: the average over
+    the pause says busy, the moment says quiet (tools/bench.py's engines in turn)."""
+    machine = FakeMachine()
+    monitor = machine.monitor()
+    monitor.busy(2)
+    machine.now += 6.0
+    machine.stat += 12.0
+    assert monitor.busy(2) is False and monitor.others == 0.0
+    machine.now += 0.1  # one window later the counts answer again: nobody else in it
+    machine.stat += 0.15
+    machine.own += 0.15
+    assert monitor.busy(2) is False and monitor.others == pytest.approx(0.0, abs=1e-9)
+    machine.now += 2.0  # a pause with a neighbour running now: one other thread
+    machine.running = 1
+    assert monitor.busy(2) is True and monitor.others == 1.0 and monitor.free_cores() == 1.0
+    machine.running = 5
+    machine.now += 2.0
+    assert monitor.busy(2) is True and monitor.others == 2.0  # never more than the CPUs counted
+    machine.running = None  # /proc/loadavg unreadable, or this process pinned to some CPUs only
+    machine.now += 2.0
+    assert monitor.busy(2) is None
+    machine.now += 0.5  # not a pause: this process ran on a core and a half, others on a core for 0.5 s
+    machine.own += 0.75
+    machine.stat += 1.25
+    assert monitor.busy(2) is True and monitor.others == pytest.approx(1.0)
+
+
+def test_running_others_counts_the_machine_less_this_process(tmp_path):
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("0.73 1.38 1.39 4/87 4545\n")
+    tasks = tmp_path / "task"
+    for tid, state in ((1, "R"), (2, "S"), (3, "R"), (4, "D")):
+        (tasks / str(tid)).mkdir(parents=True)
+        (tasks / str(tid) / "stat").write_text(f"{tid} (py thread) {state} 1 2 3\n")  # a name with a space
+    whole_machine = len(os.sched_getaffinity(0)) == os.cpu_count()
+    others = policy.running_others(str(loadavg), str(tasks))
+    print("others running:", others)
+    assert others == (2 if whole_machine else None)  # 4 on the machine, 2 of them this process's
+    loadavg.write_text("0.73 1.38\n")
+    assert policy.running_others(str(loadavg), str(tasks)) is None
+    assert policy.running_others(str(tmp_path / "absent"), str(tasks)) is None
+    if whole_machine:
+        real = policy.running_others()
+        print("on this machine now:", real)
+        assert real is not None and real >= 0
 
 
 def test_proc_stat_is_read_for_the_cpus_this_process_may_use(tmp_path):

@@ -30,7 +30,12 @@ between``); there a pass does better on the free cores alone. So, per pass:
   run on (over the last ``LOAD_WINDOW`` seconds). If the cores they leave free hold all of numba's
   threads (``SPARE_CORES`` short at most): as "quiet". Otherwise: as "busy". Unknown (no /proc/stat):
   as "off". The readings lag: for ``LOAD_WINDOW`` after other work starts or stops, a pass may
-  still act on the state before.
+  still act on the state before. After a pause (``STALE_AFTER`` with this process mostly idle) the
+  average since the last reading tells how busy the others were while this process waited, not now:
+  a neighbour that ran then may just have stopped (in tools/bench.py, the engine before in turn: the
+  long tail's passes ran on one core, 1.33-1.43 s against 1.02 alone, on the Zen 4). The first
+  reading after a pause counts other processes' threads running at that moment instead
+  (``running_others``).
 - "quiet": the small kernels in parallel too (``use_parallel`` ignores their thresholds).
 - "busy": numba's thread count lowered, for the pass, to the cores the others leave free (at least 1).
 - "off": neither.
@@ -52,6 +57,7 @@ AUTO_PARALLEL = None
 LOAD_ADAPTATION = "auto"
 SPARE_CORES = 0.5  # the free cores may fall this much short of numba's threads and still count as room for them
 LOAD_WINDOW = 0.1  # seconds: /proc/stat counts in 10 ms ticks, so over 0.1 s it is within 0.1 core per CPU
+STALE_AFTER = 0.3  # seconds since the last reading with this process under half a core busy: a pause
 _forward = threading.local()
 
 
@@ -61,11 +67,18 @@ class LoadMonitor:
     less this process's own CPU time, over the last window of at least ``window`` seconds.
 
     ``busy()`` reads at most once per window (a read costs ~10 us on 2 CPUs) and answers from the last
-    reading in between; None when the counts cannot be read."""
+    reading in between; None when the counts cannot be read. The first reading after a pause of at
+    least ``stale_after`` seconds, in which this process kept under half a core busy, takes the other
+    threads running at that moment (``read_running``) instead of the average over the pause."""
 
-    def __init__(self, window=LOAD_WINDOW, read_stat=None, clock=time.monotonic, own_seconds=None):
+    def __init__(
+        self, window=LOAD_WINDOW, read_stat=None, clock=time.monotonic, own_seconds=None,
+        stale_after=STALE_AFTER, read_running=None,
+    ):  # fmt: skip
         self.window = window
+        self.stale_after = stale_after
         self._read_stat = read_stat or proc_stat_busy_seconds
+        self._read_running = read_running or running_others
         self._clock = clock
         self._own_seconds = own_seconds or own_cpu_seconds
         self._last = None  # (time, busy seconds of the CPUs, own seconds)
@@ -99,7 +112,12 @@ class LoadMonitor:
         own = self._own_seconds()
         if self._last is not None and now > self._last[0]:
             then, stat_before, own_before = self._last
-            self.others = max(0.0, (stat - stat_before) - (own - own_before)) / (now - then)
+            gap = now - then
+            if gap >= self.stale_after and (own - own_before) / gap < 0.5:
+                running = self._read_running()
+                self.others = None if running is None else float(min(running, cpus))
+            else:
+                self.others = max(0.0, (stat - stat_before) - (own - own_before)) / gap
             self.cpus = cpus
         self._last = (now, stat, own)
 
@@ -107,6 +125,37 @@ class LoadMonitor:
 def own_cpu_seconds():
     times = os.times()
     return times.user + times.system
+
+
+def running_others(loadavg="/proc/loadavg", own_tasks="/proc/self/task", readings=2):
+    """Threads of other processes running or ready to run right now: /proc/loadavg's fourth field counts
+    the whole machine's, less this process's own in state R (the tokenizer's threads may still be
+    spinning after it ran). The least of ``readings`` tries, so that a thread passing through is not
+    taken for a neighbour. None when the files cannot be read or this process may not run on every CPU
+    (the count cannot tell which CPUs the others hold)."""
+    try:
+        if len(os.sched_getaffinity(0)) != os.cpu_count():
+            return None
+        counts = []
+        for _ in range(readings):
+            with open(loadavg) as f:
+                machine = int(f.read().split()[3].split("/")[0])
+            counts.append(max(0, machine - _running_threads(own_tasks)))
+        return min(counts)
+    except (OSError, AttributeError, IndexError, ValueError):
+        return None
+
+
+def _running_threads(tasks):
+    running = 0
+    for task in os.listdir(tasks):
+        try:
+            with open(os.path.join(tasks, task, "stat")) as f:
+                state = f.read().rpartition(")")[2].split()[0]  # the name in brackets may hold spaces
+        except (OSError, IndexError):
+            continue  # the thread ended
+        running += state == "R"
+    return running
 
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
