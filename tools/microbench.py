@@ -14,6 +14,7 @@
     python -m tools.microbench overlap        # batch-1 products against plain streams of their weights, by rows
     python -m tools.microbench wake           # a parallel region after a pause: when numba's worker is asleep
     python -m tools.microbench between        # batch 1 with attention and LayerNorm parallel too, quiet and busy
+    python -m tools.microbench adaptation     # batch 1 with policy.LOAD_ADAPTATION "auto" against "off", quiet and busy
     python -m tools.microbench keep-awake     # batch 1 with an empty parallel region amid each attention
     python -m tools.microbench shared-items   # batch 1 with the products' items shared, not halved
     python -m tools.microbench rounded-ffn    # bf16 encode with and without the FFN's rounding store
@@ -310,7 +311,7 @@ def attention_cold():
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((17, 768), dtype=np.float32)
-    copies = [matmul.pack(rng.standard_normal((3 * 768, 768), dtype=np.float32) * 0.03, "float32") for _ in range(8)]
+    copies = [matmul.pack(rng.standard_normal((3 * 768, 768), dtype=np.float32) * 0.03, "f32") for _ in range(8)]
     qkv = matmul.linear(x, copies[0])
     cu, out = np.array([0, 17], np.int64), np.empty((17, 768), np.float32)
     turn = [0]
@@ -538,6 +539,20 @@ def _variants_quiet_and_busy(mode, variants, calls=15, rounds=6, text=None):
     with BusyCore():
         busy = run()
     print(f"{mode}: idle: {quiet}; core 0 busy: {busy}")
+
+
+def adaptation():
+    """Batch 1 (the bench's 17-token sentence) with the pass adapting to the load (refimpl's default,
+    policy.LOAD_ADAPTATION "auto") and without ("off": the small kernels serial, numba's threads as
+    set), in turn, quiet and with core 0 busy."""
+    from refimpl.engines.fast.kernels import policy
+
+    def off():
+        policy.LOAD_ADAPTATION = "off"
+        return lambda: setattr(policy, "LOAD_ADAPTATION", "auto")
+
+    for mode in ("int8", "bfloat16", "float32"):
+        _variants_quiet_and_busy(mode, {"off": off})
 
 
 def keep_awake():
@@ -976,6 +991,7 @@ def main():
         "wake": wake,
         "between": between,
         "keep-awake": keep_awake,
+        "adaptation": adaptation,
         "shared-items": shared_items,
         "overlap": overlap,
         "stream": stream,
