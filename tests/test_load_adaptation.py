@@ -83,33 +83,51 @@ def test_after_a_pause_the_monitor_counts_the_threads_running_now():
     machine.running = 5
     machine.now += 2.0
     assert monitor.busy(2) is True and monitor.others == 2.0  # never more than the CPUs counted
-    machine.running = None  # /proc/loadavg unreadable, or this process pinned to some CPUs only
+    machine.running = None  # /proc/loadavg unreadable, or this process pinned to some CPUs only: the average
     machine.now += 2.0
-    assert monitor.busy(2) is None
+    machine.stat += 1.0
+    assert monitor.busy(2) is False and monitor.others == pytest.approx(0.5)
+    machine.running = 0
     machine.now += 0.5  # not a pause: this process ran on a core and a half, others on a core for 0.5 s
     machine.own += 0.75
     machine.stat += 1.25
     assert monitor.busy(2) is True and monitor.others == pytest.approx(1.0)
+    machine.now += 0.31  # a pause just past stale_after, this process under half a core busy: the moment
+    machine.own += 0.14
+    machine.stat += 0.9
+    assert monitor.busy(2) is False and monitor.others == 0.0
+    machine.readable = False
+    machine.now += 2.0
+    assert monitor.busy(2) is None and monitor.free_cores() is None
 
 
-def test_running_others_counts_the_machine_less_this_process(tmp_path):
+def test_running_others_counts_the_machine_less_this_process(tmp_path, monkeypatch):
     loadavg = tmp_path / "loadavg"
     loadavg.write_text("0.73 1.38 1.39 4/87 4545\n")
     tasks = tmp_path / "task"
-    for tid, state in ((1, "R"), (2, "S"), (3, "R"), (4, "D")):
+    for tid, state in ((1, "R"), (2, "S"), (3, "R"), (4, "D"), (5, "R")):
         (tasks / str(tid)).mkdir(parents=True)
-        (tasks / str(tid) / "stat").write_text(f"{tid} (py thread) {state} 1 2 3\n")  # a name with a space
-    whole_machine = len(os.sched_getaffinity(0)) == os.cpu_count()
+        (tasks / str(tid) / "stat").write_text(f"{tid} (py (x) thread) {state} 1 2 3\n")  # brackets in the name
+    (tasks / "5" / "stat").unlink()  # a thread that ended between the listing and the read
+    all_cpus = set(range(os.cpu_count()))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: all_cpus)
     others = policy.running_others(str(loadavg), str(tasks))
     print("others running:", others)
-    assert others == (2 if whole_machine else None)  # 4 on the machine, 2 of them this process's
+    assert others == 2  # 4 on the machine, 2 of them this process's
+    loadavg.write_text("0.73 1.38 1.39 1/87 4545\n")
+    assert policy.running_others(str(loadavg), str(tasks)) == 0  # never below none
     loadavg.write_text("0.73 1.38\n")
     assert policy.running_others(str(loadavg), str(tasks)) is None
     assert policy.running_others(str(tmp_path / "absent"), str(tasks)) is None
-    if whole_machine:
-        real = policy.running_others()
-        print("on this machine now:", real)
-        assert real is not None and real >= 0
+    if os.cpu_count() > 1:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # pinned: whose CPUs are busy is unknown
+        loadavg.write_text("0.73 1.38 1.39 4/87 4545\n")
+        assert policy.running_others(str(loadavg), str(tasks)) is None
+    monkeypatch.undo()
+    real = policy.running_others()
+    print("on this machine now:", real)
+    if len(os.sched_getaffinity(0)) == os.cpu_count() and os.path.exists("/proc/loadavg"):
+        assert real is not None
 
 
 def test_proc_stat_is_read_for_the_cpus_this_process_may_use(tmp_path):

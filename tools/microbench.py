@@ -305,7 +305,9 @@ def attention_call():
 def attention_cold():
     """One 17-token sentence's attention (12 heads of 64) serial and parallel, in turn: called again
     and again (operands in cache), and right after the stacked query-key-value product that writes its
-    input, on one of eight weight copies in rotation (the weights stream from memory, as in a pass)."""
+    input, on one of eight weight copies in rotation (the weights stream from memory, as in a pass).
+    The variants run in turn, so the parallel call "called again" follows the serial one (over 25 us)
+    and includes a wake-up of numba's worker; after the product, as in a pass, it does not."""
     from refimpl.engines.fast.kernels import attention as A
     from refimpl.engines.fast.kernels import matmul
 

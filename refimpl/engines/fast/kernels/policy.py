@@ -33,9 +33,9 @@ between``); there a pass does better on the free cores alone. So, per pass:
   still act on the state before. After a pause (``STALE_AFTER`` with this process mostly idle) the
   average since the last reading tells how busy the others were while this process waited, not now:
   a neighbour that ran then may just have stopped (in tools/bench.py, the engine before in turn: the
-  long tail's passes ran on one core, 1.33-1.43 s against 1.02 alone, on the Zen 4). The first
-  reading after a pause counts other processes' threads running at that moment instead
-  (``running_others``).
+  first pass of each turn ran on one core, and the long tail took 1.35-1.42 s against 1.02 alone, on
+  the Zen 4). The first reading after a pause counts other processes' threads running at that moment
+  instead (``running_others``), or, where that count cannot be had, keeps the average.
 - "quiet": the small kernels in parallel too (``use_parallel`` ignores their thresholds).
 - "busy": numba's thread count lowered, for the pass, to the cores the others leave free (at least 1).
 - "off": neither.
@@ -69,7 +69,10 @@ class LoadMonitor:
     ``busy()`` reads at most once per window (a read costs ~10 us on 2 CPUs) and answers from the last
     reading in between; None when the counts cannot be read. The first reading after a pause of at
     least ``stale_after`` seconds, in which this process kept under half a core busy, takes the other
-    threads running at that moment (``read_running``) instead of the average over the pause."""
+    processes' threads running at that moment (``read_running``, ~90 us for a process of six
+    threads) instead of the average over the pause, when it can be had. A snapshot misses a neighbour
+    whose threads happen to be off the CPU at that moment, or catches another process's thread passing
+    through: that pass then runs as "quiet", or "busy", and the next window's reading corrects it."""
 
     def __init__(
         self, window=LOAD_WINDOW, read_stat=None, clock=time.monotonic, own_seconds=None,
@@ -93,15 +96,18 @@ class LoadMonitor:
         with self._lock:
             if self._last is None or now - self._last[0] >= self.window:
                 self._sample(now)
-        if self.others is None:
+            others, cpus = self.others, self.cpus
+        if others is None:
             return None
-        return self.cpus - self.others < threads - SPARE_CORES
+        return cpus - others < threads - SPARE_CORES
 
     def free_cores(self):
         """Cores' worth of the CPUs that other processes leave free (at the last reading), or None."""
-        if self.others is None:
+        with self._lock:
+            others, cpus = self.others, self.cpus
+        if others is None:
             return None
-        return max(0.0, self.cpus - self.others)
+        return max(0.0, cpus - others)
 
     def _sample(self, now):
         reading = self._read_stat()
@@ -113,9 +119,11 @@ class LoadMonitor:
         if self._last is not None and now > self._last[0]:
             then, stat_before, own_before = self._last
             gap = now - then
+            running = None
             if gap >= self.stale_after and (own - own_before) / gap < 0.5:
                 running = self._read_running()
-                self.others = None if running is None else float(min(running, cpus))
+            if running is not None:
+                self.others = float(min(running, cpus))
             else:
                 self.others = max(0.0, (stat - stat_before) - (own - own_before)) / gap
             self.cpus = cpus
@@ -129,19 +137,18 @@ def own_cpu_seconds():
 
 def running_others(loadavg="/proc/loadavg", own_tasks="/proc/self/task", readings=2):
     """Threads of other processes running or ready to run right now: /proc/loadavg's fourth field counts
-    the whole machine's, less this process's own in state R (the tokenizer's threads may still be
-    spinning after it ran). The least of ``readings`` tries, so that a thread passing through is not
-    taken for a neighbour. None when the files cannot be read or this process may not run on every CPU
-    (the count cannot tell which CPUs the others hold)."""
+    the whole machine's (the least of ``readings`` reads, so that a thread passing through is not taken
+    for a neighbour), less this process's own in state R (the tokenizer's threads may still be spinning
+    after it ran). None when the files cannot be read or this process may not run on every CPU (the
+    count cannot tell which CPUs the others hold)."""
     try:
         if len(os.sched_getaffinity(0)) != os.cpu_count():
             return None
-        counts = []
-        for _ in range(readings):
-            with open(loadavg) as f:
-                machine = int(f.read().split()[3].split("/")[0])
-            counts.append(max(0, machine - _running_threads(own_tasks)))
-        return min(counts)
+        own = _running_threads(
+            own_tasks
+        )  # first: a thread of ours that stops meanwhile is then not taken for another's
+        machine = min(int(_read_small(loadavg).split()[3].split(b"/")[0]) for _ in range(readings))
+        return max(0, machine - own)
     except (OSError, AttributeError, IndexError, ValueError):
         return None
 
@@ -150,12 +157,22 @@ def _running_threads(tasks):
     running = 0
     for task in os.listdir(tasks):
         try:
-            with open(os.path.join(tasks, task, "stat")) as f:
-                state = f.read().rpartition(")")[2].split()[0]  # the name in brackets may hold spaces
+            state = (
+                _read_small(os.path.join(tasks, task, "stat")).rpartition(b")")[2].split()[0]
+            )  # the name may hold ) and spaces
         except (OSError, IndexError):
             continue  # the thread ended
-        running += state == "R"
+        running += state == b"R"
     return running
+
+
+def _read_small(path):
+    """The first 4 KiB of a /proc file as bytes: os.read costs a third of open().read() (8 against 24 us)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
 
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
