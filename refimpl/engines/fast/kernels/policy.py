@@ -144,9 +144,8 @@ def running_others(loadavg="/proc/loadavg", own_tasks="/proc/self/task", reading
     try:
         if len(os.sched_getaffinity(0)) != os.cpu_count():
             return None
-        own = _running_threads(
-            own_tasks
-        )  # first: a thread of ours that stops meanwhile is then not taken for another's
+        # ours first: a thread of ours that stops meanwhile is then not taken for another process's
+        own = _running_threads(own_tasks)
         machine = min(int(_read_small(loadavg).split()[3].split(b"/")[0]) for _ in range(readings))
         return max(0, machine - own)
     except (OSError, AttributeError, IndexError, ValueError):
@@ -157,9 +156,8 @@ def _running_threads(tasks):
     running = 0
     for task in os.listdir(tasks):
         try:
-            state = (
-                _read_small(os.path.join(tasks, task, "stat")).rpartition(b")")[2].split()[0]
-            )  # the name may hold ) and spaces
+            # the state follows the name in brackets, which may itself hold ")" and spaces
+            state = _read_small(os.path.join(tasks, task, "stat")).rpartition(b")")[2].split()[0]
         except (OSError, IndexError):
             continue  # the thread ended
         running += state == b"R"
