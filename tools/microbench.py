@@ -9,7 +9,7 @@
     python -m tools.microbench numba-rss      # what importing numba and loading a kernel add to RSS
     python -m tools.microbench qkv            # query, key and value as three products or one stacked
     python -m tools.microbench attention-call # attention's Python wrapper against its numba driver, batch 1
-    python -m tools.microbench attention-cold # batch 1's attention serial and parallel, alone and after its product
+    python -m tools.microbench attention-parallel  # batch 1's attention serial and parallel, after its product too
     python -m tools.microbench stream         # 12 layers' packed weights read as plain streams (batch 1's floor)
     python -m tools.microbench overlap        # batch-1 products against plain streams of their weights, by rows
     python -m tools.microbench wake           # a parallel region after a pause: when numba's worker is asleep
@@ -302,7 +302,7 @@ def attention_call():
     print(f"attention(..., parallel=False) {public:.1f} us, its serial driver alone {driver:.1f} us")
 
 
-def attention_cold():
+def attention_parallel():
     """One 17-token sentence's attention (12 heads of 64) serial and parallel, in turn: called again
     and again (operands in cache), and right after the stacked query-key-value product that writes its
     input, on one of eight weight copies in rotation (the weights stream from memory, as in a pass).
@@ -550,8 +550,8 @@ def adaptation():
     from refimpl.engines.fast.kernels import policy
 
     def off():
-        policy.LOAD_ADAPTATION = "off"
-        return lambda: setattr(policy, "LOAD_ADAPTATION", "auto")
+        previous, policy.LOAD_ADAPTATION = policy.LOAD_ADAPTATION, "off"
+        return lambda: setattr(policy, "LOAD_ADAPTATION", previous)
 
     for mode in ("int8", "bfloat16", "float32"):
         _variants_quiet_and_busy(mode, {"off": off})
@@ -999,7 +999,7 @@ def main():
         "stream": stream,
         "qkv": qkv,
         "attention-call": attention_call,
-        "attention-cold": attention_cold,
+        "attention-parallel": attention_parallel,
         "orientation": orientation,
         "split": split,
         "error-model": error_model,
